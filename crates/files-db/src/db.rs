@@ -1,0 +1,568 @@
+//! [`FilesDb`]: a connection pool to one target and every query on the table.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+use sqlx::{QueryBuilder, Row};
+
+use sqlx::{ConnectOptions, Connection};
+
+use crate::error::{DbError, FailureKind};
+use crate::row::{FileRow, StoredFile};
+use crate::schema::{self, create_statements, table_name, SCHEMA_VERSION, TABLE_PREFIX};
+use crate::target::{sqlite_options, Backend, DbTarget, TargetKind};
+
+/// Rows per `INSERT` statement: 15 bound values a row stays under SQLite's
+/// 32,766 and MariaDB's 65,535 placeholders per statement.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// How long a connection attempt may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The columns an `INSERT` writes: every column but `id`.
+const INSERT_COLUMNS: &str = "path, action, timestamp, action_timestamp, format, plot, site, \
+     pub_id, script_id, instance_id, copied, failed_copy_attempts, md5sum, pysmurf_version, \
+     socs_version";
+
+/// A connection pool to one database target, and every operation on the
+/// `pysmurf_files_v<N>` table. Cheap to clone (the pool is shared).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use files_db::{DbTarget, FileRow, FilesDb};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = FilesDb::connect(&DbTarget::sqlite(dir.path().join("files.db"))).await.unwrap();
+/// db.create_table().await.unwrap();
+/// db.insert_files(&[FileRow::new("/data/a.npy", [7; 16])]).await.unwrap();
+/// let stored = db.files_by_path("/data/a.npy").await.unwrap();
+/// assert_eq!(stored[0].row.md5sum, [7; 16]);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct FilesDb {
+    pool: Pool,
+    target: DbTarget,
+    table: String,
+}
+
+#[derive(Clone)]
+enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool: each arm type-checks
+/// the same code against its own backend, so queries are written once.
+macro_rules! with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match &$db.pool {
+            Pool::MySql($pool) => $body,
+            Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Reads one row of `SELECT id, {INSERT_COLUMNS}` on either backend.
+macro_rules! stored_file_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let md5: Vec<u8> = row.try_get("md5sum")?;
+        StoredFile {
+            id: row.try_get("id")?,
+            row: FileRow {
+                path: row.try_get("path")?,
+                action: row.try_get("action")?,
+                timestamp: row.try_get("timestamp")?,
+                action_timestamp: row.try_get("action_timestamp")?,
+                format: row.try_get("format")?,
+                plot: row.try_get("plot")?,
+                site: row.try_get("site")?,
+                pub_id: row.try_get("pub_id")?,
+                script_id: row.try_get("script_id")?,
+                instance_id: row.try_get("instance_id")?,
+                copied: row.try_get("copied")?,
+                failed_copy_attempts: row.try_get("failed_copy_attempts")?,
+                md5sum: md5.try_into().map_err(|bytes: Vec<u8>| {
+                    sqlx::Error::Decode(
+                        format!("md5sum has {} bytes, expected 16", bytes.len()).into(),
+                    )
+                })?,
+                pysmurf_version: row.try_get("pysmurf_version")?,
+                socs_version: row.try_get("socs_version")?,
+            },
+        }
+    }};
+}
+
+/// What [`FilesDb::create_table`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The table did not exist and was created.
+    Created,
+    /// The table already existed; nothing changed.
+    AlreadyPresent,
+}
+
+/// What [`FilesDb::drop_table`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropOutcome {
+    /// The table existed with this many rows and was dropped.
+    Dropped {
+        /// Rows it held.
+        rows: u64,
+    },
+    /// There was no table to drop.
+    Absent,
+}
+
+/// What [`FilesDb::insert_new_files`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertSummary {
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows skipped because an identical registration was already stored.
+    pub skipped: u64,
+}
+
+/// One column as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Declared type as the server reports it, e.g. `varchar(260)`.
+    pub sql_type: String,
+    /// Whether it accepts `NULL`.
+    pub nullable: bool,
+}
+
+/// One `pysmurf_files_v<N>` table found in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    /// Table name.
+    pub name: String,
+    /// Its version `N`.
+    pub version: u32,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Its columns, in table order.
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// What [`FilesDb::status`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbStatus {
+    /// The target, password redacted.
+    pub target: String,
+    /// The backend.
+    pub backend: Backend,
+    /// The version this build writes ([`SCHEMA_VERSION`]).
+    pub current_version: u32,
+    /// Every `pysmurf_files_v<N>` table present, lowest version first.
+    pub tables: Vec<TableStatus>,
+}
+
+impl DbStatus {
+    /// The table of the current version, if present.
+    pub fn current_table(&self) -> Option<&TableStatus> {
+        self.tables
+            .iter()
+            .find(|t| t.version == self.current_version)
+    }
+}
+
+impl FilesDb {
+    /// Connects to `target`. An SQLite file is created (with its directory
+    /// missing, this fails) if it does not exist; a MariaDB database must.
+    ///
+    /// MariaDB sessions use time zone `+00:00` (rows store UTC) and strict SQL
+    /// mode, so a value too long for its column is an error rather than
+    /// silently truncated.
+    pub async fn connect(target: &DbTarget) -> Result<Self, DbError> {
+        Self::open(target, true).await
+    }
+
+    /// Like [`FilesDb::connect`], but an SQLite file that does not exist is an
+    /// error instead of being created: for tools that only inspect or drop.
+    pub async fn connect_existing(target: &DbTarget) -> Result<Self, DbError> {
+        Self::open(target, false).await
+    }
+
+    async fn open(target: &DbTarget, create_sqlite: bool) -> Result<Self, DbError> {
+        let action = || format!("connect to {target}");
+        let fail = |err| DbError::new(action(), err);
+        let pool = match &target.kind {
+            TargetKind::MySql { options, .. } => {
+                // One direct connection first: a pool's first acquire retries until its
+                // timeout and then reports only "timed out", hiding e.g. "connection refused".
+                options.connect().await.map_err(fail)?.close().await.ok();
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+                            )
+                            .execute(conn)
+                            .await
+                            .map(|_| ())
+                        })
+                    })
+                    .connect_lazy_with(options.clone());
+                Pool::MySql(pool)
+            }
+            TargetKind::Sqlite { path } => {
+                if !create_sqlite && !path.exists() {
+                    let missing = std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} does not exist", path.display()),
+                    );
+                    return Err(DbError::with_kind(
+                        action(),
+                        FailureKind::CannotOpen,
+                        sqlx::Error::Io(missing),
+                    ));
+                }
+                let pool = SqlitePoolOptions::new()
+                    // One writer at a time is SQLite's rule; one connection avoids
+                    // SQLITE_BUSY between our own connections.
+                    .max_connections(1)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect_with(sqlite_options(path, create_sqlite))
+                    .await
+                    .map_err(fail)?;
+                Pool::Sqlite(pool)
+            }
+        };
+        Ok(Self {
+            pool,
+            target: target.clone(),
+            table: table_name(SCHEMA_VERSION),
+        })
+    }
+
+    /// The target this pool is connected to.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    /// The table rows are written to, `pysmurf_files_v{SCHEMA_VERSION}`.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn error(&self, action: impl std::fmt::Display, source: sqlx::Error) -> DbError {
+        DbError::new(format!("{action} in {}", self.target), source)
+    }
+
+    /// Creates the current version's table (and its index) if it does not
+    /// exist. Safe to call at every start-up.
+    pub async fn create_table(&self) -> Result<CreateOutcome, DbError> {
+        let action = format!("create table {}", self.table);
+        let existed = self
+            .table_exists(&self.table)
+            .await
+            .map_err(|e| self.error(action.as_str(), e))?;
+        for statement in create_statements(self.target.backend()) {
+            with_pool!(self, |pool| sqlx::query(&statement)
+                .execute(pool)
+                .await
+                .map(drop))
+            .map_err(|e| self.error(action.as_str(), e))?;
+        }
+        Ok(if existed {
+            CreateOutcome::AlreadyPresent
+        } else {
+            CreateOutcome::Created
+        })
+    }
+
+    /// Drops the current version's table and every row in it. Tables of
+    /// other versions are left alone.
+    pub async fn drop_table(&self) -> Result<DropOutcome, DbError> {
+        let action = format!("drop table {}", self.table);
+        let fail = |e| self.error(action.as_str(), e);
+        if !self.table_exists(&self.table).await.map_err(fail)? {
+            return Ok(DropOutcome::Absent);
+        }
+        let rows = self.count_rows(&self.table).await.map_err(fail)?;
+        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        with_pool!(self, |pool| sqlx::query(&sql).execute(pool).await.map(drop)).map_err(fail)?;
+        Ok(DropOutcome::Dropped { rows })
+    }
+
+    /// Every `pysmurf_files_v<N>` table present, with row counts and columns.
+    pub async fn status(&self) -> Result<DbStatus, DbError> {
+        let fail = |e| self.error("read the status of the pysmurf_files tables", e);
+        let mut tables = Vec::new();
+        for name in self.versioned_tables().await.map_err(fail)? {
+            let Some(version) = schema::version_of(&name) else {
+                continue;
+            };
+            tables.push(TableStatus {
+                rows: self.count_rows(&name).await.map_err(fail)?,
+                columns: self.columns(&name).await.map_err(fail)?,
+                name,
+                version,
+            });
+        }
+        tables.sort_by_key(|t| t.version);
+        Ok(DbStatus {
+            target: self.target.to_string(),
+            backend: self.target.backend(),
+            current_version: SCHEMA_VERSION,
+            tables,
+        })
+    }
+
+    /// Inserts `rows` into the current table in one transaction: all of them
+    /// or, on error, none. Returns the number inserted.
+    ///
+    /// A [`FailureKind::Rejected`](crate::FailureKind::Rejected) error means a
+    /// row's data was refused; the caller can insert the rows one by one to
+    /// find it.
+    pub async fn insert_files(&self, rows: &[FileRow]) -> Result<u64, DbError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let action = || describe_insert(&self.table, rows);
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                insert_statement(&self.table, chunk)
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(action(), e))?;
+            }
+            tx.commit().await.map_err(|e| self.error(action(), e))?;
+        });
+        Ok(rows.len() as u64)
+    }
+
+    /// Like [`FilesDb::insert_files`], but a row whose
+    /// [`identity`](FileRow::identity) (path, md5sum, pub_id,
+    /// action_timestamp) is already stored is skipped: replaying a spool or
+    /// backfilling twice never doubles a row. Checked and inserted in one
+    /// transaction.
+    pub async fn insert_new_files(&self, rows: &[FileRow]) -> Result<InsertSummary, DbError> {
+        if rows.is_empty() {
+            return Ok(InsertSummary::default());
+        }
+        let action = || describe_insert(&self.table, rows);
+        let mut summary = InsertSummary::default();
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut query = QueryBuilder::new(format!(
+                    "SELECT path, md5sum, pub_id, action_timestamp FROM {} WHERE path IN (",
+                    self.table
+                ));
+                let mut paths = query.separated(", ");
+                for row in chunk {
+                    paths.push_bind(row.path.as_str());
+                }
+                query.push(")");
+                let found = query
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(action(), e))?;
+                let mut stored = HashSet::new();
+                for row in found {
+                    let key: (String, Vec<u8>, Option<String>, Option<i64>) = (
+                        row.try_get(0).map_err(|e| self.error(action(), e))?,
+                        row.try_get(1).map_err(|e| self.error(action(), e))?,
+                        row.try_get(2).map_err(|e| self.error(action(), e))?,
+                        row.try_get(3).map_err(|e| self.error(action(), e))?,
+                    );
+                    stored.insert(key);
+                }
+                let fresh: Vec<FileRow> = chunk
+                    .iter()
+                    .filter(|row| {
+                        !stored.contains(&(
+                            row.path.clone(),
+                            row.md5sum.to_vec(),
+                            row.pub_id.clone(),
+                            row.action_timestamp,
+                        ))
+                    })
+                    .cloned()
+                    .collect();
+                summary.skipped += (chunk.len() - fresh.len()) as u64;
+                summary.inserted += fresh.len() as u64;
+                if !fresh.is_empty() {
+                    insert_statement(&self.table, &fresh)
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(action(), e))?;
+                }
+            }
+            tx.commit().await.map_err(|e| self.error(action(), e))?;
+        });
+        Ok(summary)
+    }
+
+    /// Every stored row whose `path` is exactly `path`, oldest first.
+    pub async fn files_by_path(&self, path: &str) -> Result<Vec<StoredFile>, DbError> {
+        let sql = format!(
+            "SELECT id, {INSERT_COLUMNS} FROM {} WHERE path = ? ORDER BY id",
+            self.table
+        );
+        let fail = |e| self.error(format!("read rows of {path:?} from {}", self.table), e);
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(path)
+                .fetch_all(pool)
+                .await
+                .map_err(fail)?;
+            rows.iter()
+                .map(|row| Ok(stored_file_from_row!(row)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(fail)
+        })
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        with_pool!(self, |pool| pool.close().await)
+    }
+
+    async fn table_exists(&self, name: &str) -> Result<bool, sqlx::Error> {
+        Ok(self
+            .versioned_tables()
+            .await?
+            .iter()
+            .any(|table| table == name))
+    }
+
+    /// Names of the tables that start with [`TABLE_PREFIX`].
+    async fn versioned_tables(&self) -> Result<Vec<String>, sqlx::Error> {
+        let pattern = format!("{}%", TABLE_PREFIX.replace('_', "\\_"));
+        match &self.pool {
+            Pool::MySql(pool) => {
+                sqlx::query_scalar(
+                    "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE ?",
+                )
+                .bind(pattern)
+                .fetch_all(pool)
+                .await
+            }
+            Pool::Sqlite(pool) => sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
+            )
+            .bind(pattern)
+            .fetch_all(pool)
+            .await,
+        }
+    }
+
+    /// `name` must come from [`Self::versioned_tables`] or [`table_name`]:
+    /// table names cannot be bound parameters.
+    async fn count_rows(&self, name: &str) -> Result<u64, sqlx::Error> {
+        debug_assert!(schema::version_of(name).is_some());
+        let sql = format!("SELECT COUNT(*) FROM {name}");
+        let count: i64 = with_pool!(self, |pool| sqlx::query_scalar(&sql).fetch_one(pool).await)?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn columns(&self, name: &str) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+        let rows: Vec<(String, String, bool)> = match &self.pool {
+            Pool::MySql(pool) => {
+                sqlx::query_as(
+                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
+                     IS_NULLABLE = 'YES' FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                )
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+            }
+            Pool::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT name, type, \"notnull\" = 0 AND pk = 0 FROM pragma_table_info(?) ORDER BY cid",
+                )
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(name, sql_type, nullable)| ColumnInfo {
+                name,
+                sql_type,
+                nullable,
+            })
+            .collect())
+    }
+}
+
+impl std::fmt::Debug for FilesDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesDb")
+            .field("target", &self.target)
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+fn describe_insert(table: &str, rows: &[FileRow]) -> String {
+    match rows {
+        [only] => format!("insert {:?} into {table}", only.path),
+        [first, ..] => format!(
+            "insert {} rows (the first {:?}) into {table}",
+            rows.len(),
+            first.path
+        ),
+        [] => format!("insert no rows into {table}"),
+    }
+}
+
+/// `INSERT INTO table (...) VALUES (...), (...)` for `rows`, every value bound.
+fn insert_statement<'a, DB>(table: &str, rows: &'a [FileRow]) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<NaiveDateTime>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<i32>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<bool>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!("INSERT INTO {table} ({INSERT_COLUMNS}) "));
+    query.push_values(rows, |mut values, row| {
+        values
+            .push_bind(row.path.as_str())
+            .push_bind(row.action.as_deref())
+            .push_bind(row.timestamp.map(whole_seconds_utc))
+            .push_bind(row.action_timestamp)
+            .push_bind(row.format.as_deref())
+            .push_bind(row.plot)
+            .push_bind(row.site.as_deref())
+            .push_bind(row.pub_id.as_deref())
+            .push_bind(row.script_id.as_deref())
+            .push_bind(row.instance_id.as_deref())
+            .push_bind(row.copied)
+            .push_bind(row.failed_copy_attempts)
+            .push_bind(row.md5sum.as_slice())
+            .push_bind(row.pysmurf_version.as_deref())
+            .push_bind(row.socs_version.as_deref());
+    });
+    query
+}
+
+/// The column is a second-resolution `TIMESTAMP`; dropping the fraction here
+/// makes both backends store the same value (MariaDB would otherwise round).
+fn whole_seconds_utc(time: DateTime<Utc>) -> NaiveDateTime {
+    let naive = time.naive_utc();
+    naive.with_nanosecond(0).unwrap_or(naive)
+}

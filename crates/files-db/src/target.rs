@@ -1,0 +1,412 @@
+//! Which database to use: a URL, the `MYSQL_*` environment, or an SQLite file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use crate::error::ConfigError;
+
+/// Database name used when `MYSQL_DATABASE` is not set, as in socs.
+pub const DEFAULT_DATABASE: &str = "files";
+
+/// The environment variables that select MariaDB, as in the seed's
+/// docker-compose entry. Setting any one of them selects MariaDB.
+pub const MYSQL_ENV_VARS: [&str; 5] = [
+    "MYSQL_HOST",
+    "MYSQL_PORT",
+    "MYSQL_DATABASE",
+    "MYSQL_USER",
+    "MYSQL_PASSWORD",
+];
+
+/// Where the `pysmurf_files` table lives: a MariaDB/MySQL server or an SQLite
+/// file.
+///
+/// Built from a URL ([`DbTarget::from_url`]), from the `MYSQL_*` environment
+/// ([`DbTarget::from_env`]), or directly ([`DbTarget::sqlite`]);
+/// [`DbTarget::resolve`] applies the rule both binaries share. Its
+/// [`Display`](fmt::Display) form never contains the password, so it is safe
+/// to log and to put in error messages.
+///
+/// ```
+/// use files_db::DbTarget;
+///
+/// let target = DbTarget::from_url("mysql://monitor:s3cret@127.0.0.1:3306/files").unwrap();
+/// assert_eq!(target.to_string(), "mysql://monitor@127.0.0.1:3306/files");
+/// assert!(target.has_password());
+///
+/// let embedded = DbTarget::sqlite("/tmp/pysmurf_files.db");
+/// assert_eq!(embedded.to_string(), "sqlite:///tmp/pysmurf_files.db");
+/// ```
+#[derive(Clone)]
+pub struct DbTarget {
+    pub(crate) kind: TargetKind,
+}
+
+#[derive(Clone)]
+pub(crate) enum TargetKind {
+    MySql {
+        options: MySqlConnectOptions,
+        has_password: bool,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
+}
+
+/// The kind of server behind a [`DbTarget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// MariaDB or MySQL (production).
+    MySql,
+    /// An SQLite file (the embedded default).
+    Sqlite,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::MySql => "MariaDB/MySQL",
+            Backend::Sqlite => "SQLite",
+        })
+    }
+}
+
+impl DbTarget {
+    /// Parses a database URL: `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (`mariadb://` is accepted as a synonym; the database defaults to
+    /// `files`), or `sqlite://PATH` / `sqlite:PATH` for an SQLite file.
+    ///
+    /// Prefer giving the password through `MYSQL_PASSWORD` rather than in a
+    /// URL on a command line, where other users can read it.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let redacted = redact_url(url);
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() || path == ":memory:" {
+                return Err(ConfigError::BadUrl {
+                    url: redacted,
+                    reason: "an SQLite URL needs a file path (sqlite://PATH)".into(),
+                });
+            }
+            return Ok(Self::sqlite(path));
+        }
+        let mysql_url = if let Some(rest) = url.strip_prefix("mariadb://") {
+            format!("mysql://{rest}")
+        } else if url.starts_with("mysql://") {
+            url.to_owned()
+        } else {
+            return Err(ConfigError::BadUrl {
+                url: redacted,
+                reason: "expected a URL starting with mysql://, mariadb:// or sqlite:".into(),
+            });
+        };
+        let options = MySqlConnectOptions::from_str(&mysql_url).map_err(|err| {
+            ConfigError::BadUrl {
+                url: redacted,
+                // sqlx's message may quote the URL; say only what kind of problem it was.
+                reason: describe_url_error(&err),
+            }
+        })?;
+        let options = if options.get_database().is_none() {
+            options.database(DEFAULT_DATABASE)
+        } else {
+            options
+        };
+        let has_password = url_has_password(&mysql_url);
+        Ok(Self::mysql_from_options(options, has_password))
+    }
+
+    /// Reads the `MYSQL_*` environment of the seed's docker-compose entry:
+    /// `MYSQL_HOST` (default `localhost`), `MYSQL_PORT` (default 3306),
+    /// `MYSQL_DATABASE` (default `files`), `MYSQL_USER` (default `root`) and
+    /// `MYSQL_PASSWORD`. Returns `Ok(None)` when none of them is set.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`DbTarget::from_env`] with the variables read through `lookup`
+    /// (tests and embedders that keep their own environment).
+    pub fn from_env_with(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let value = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        if MYSQL_ENV_VARS.iter().all(|name| value(name).is_none()) {
+            return Ok(None);
+        }
+        let mut options = MySqlConnectOptions::new()
+            .host(value("MYSQL_HOST").as_deref().unwrap_or("localhost"))
+            .database(
+                value("MYSQL_DATABASE")
+                    .as_deref()
+                    .unwrap_or(DEFAULT_DATABASE),
+            );
+        if let Some(port) = value("MYSQL_PORT") {
+            let port = port.parse().map_err(|_| ConfigError::BadEnv {
+                name: "MYSQL_PORT",
+                reason: format!("{port:?} is not a port number"),
+            })?;
+            options = options.port(port);
+        }
+        if let Some(user) = value("MYSQL_USER") {
+            options = options.username(&user);
+        }
+        let password = value("MYSQL_PASSWORD");
+        if let Some(password) = &password {
+            options = options.password(password);
+        }
+        Ok(Some(Self::mysql_from_options(options, password.is_some())))
+    }
+
+    /// The rule both binaries follow: an explicit URL wins; otherwise the
+    /// `MYSQL_*` environment selects MariaDB; otherwise the SQLite file
+    /// `default_sqlite`.
+    pub fn resolve(url: Option<&str>, default_sqlite: &Path) -> Result<Self, ConfigError> {
+        if let Some(url) = url {
+            return Self::from_url(url);
+        }
+        Ok(Self::from_env()?.unwrap_or_else(|| Self::sqlite(default_sqlite)))
+    }
+
+    /// An SQLite file at `path` (created by [`FilesDb::connect`](crate::FilesDb::connect)
+    /// when missing).
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: TargetKind::Sqlite { path: path.into() },
+        }
+    }
+
+    fn mysql_from_options(options: MySqlConnectOptions, has_password: bool) -> Self {
+        Self {
+            kind: TargetKind::MySql {
+                // Rows store UTC whatever the server's zone (sqlx's default, stated here
+                // because correctness depends on it).
+                options: options.timezone(Some("+00:00".to_owned())),
+                has_password,
+            },
+        }
+    }
+
+    /// Which backend this target is.
+    pub fn backend(&self) -> Backend {
+        match self.kind {
+            TargetKind::MySql { .. } => Backend::MySql,
+            TargetKind::Sqlite { .. } => Backend::Sqlite,
+        }
+    }
+
+    /// Whether a password was given (always `false` for SQLite, which has
+    /// none). A command-line tool may prompt for one when this is `false`.
+    pub fn has_password(&self) -> bool {
+        matches!(
+            self.kind,
+            TargetKind::MySql {
+                has_password: true,
+                ..
+            }
+        )
+    }
+
+    /// The same MariaDB target with `password` set (e.g. one read from a
+    /// prompt). SQLite targets are returned unchanged.
+    pub fn with_password(self, password: &str) -> Self {
+        match self.kind {
+            TargetKind::MySql { options, .. } => Self {
+                kind: TargetKind::MySql {
+                    options: options.password(password),
+                    has_password: true,
+                },
+            },
+            sqlite @ TargetKind::Sqlite { .. } => Self { kind: sqlite },
+        }
+    }
+
+    /// `USER@HOST:PORT` for MariaDB, the file path for SQLite: what an error
+    /// message needs to name.
+    pub fn endpoint(&self) -> String {
+        match &self.kind {
+            TargetKind::MySql { options, .. } => format!(
+                "{}@{}:{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port()
+            ),
+            TargetKind::Sqlite { path } => path.display().to_string(),
+        }
+    }
+
+    /// The database name (MariaDB) or `None` (SQLite).
+    pub fn database(&self) -> Option<&str> {
+        match &self.kind {
+            TargetKind::MySql { options, .. } => options.get_database(),
+            TargetKind::Sqlite { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TargetKind::MySql { options, .. } => write!(
+                f,
+                "mysql://{}/{}",
+                self.endpoint(),
+                options.get_database().unwrap_or_default()
+            ),
+            TargetKind::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+/// Debug shows the same redacted form as Display: a target is often logged.
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbTarget({self})")
+    }
+}
+
+fn url_has_password(url: &str) -> bool {
+    authority_userinfo(url).is_some_and(|userinfo| userinfo.contains(':'))
+}
+
+/// The `user:password` part of `scheme://user:password@host/...`, if any.
+fn authority_userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
+}
+
+/// The URL with any password replaced by `***`, for error messages.
+fn redact_url(url: &str) -> String {
+    match authority_userinfo(url) {
+        Some(userinfo) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            url.replacen(userinfo, &format!("{user}:***"), 1)
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn describe_url_error(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Configuration(_) => "the URL is malformed or has an unknown option".into(),
+        other => format!("unusable URL ({})", error_kind_name(other)),
+    }
+}
+
+fn error_kind_name(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::Configuration(_) => "configuration",
+        sqlx::Error::Io(_) => "I/O",
+        sqlx::Error::Tls(_) => "TLS",
+        _ => "other",
+    }
+}
+
+pub(crate) fn sqlite_options(path: &Path, create_if_missing: bool) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(create_if_missing)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn url_forms() {
+        let t = DbTarget::from_url("mysql://u:p@db.local:3307/other").unwrap();
+        assert_eq!(t.backend(), Backend::MySql);
+        assert_eq!(t.to_string(), "mysql://u@db.local:3307/other");
+        assert!(t.has_password());
+
+        let t = DbTarget::from_url("mariadb://u@127.0.0.1").unwrap();
+        assert_eq!(t.to_string(), "mysql://u@127.0.0.1:3306/files");
+        assert!(!t.has_password());
+
+        for url in ["sqlite:///tmp/x.db", "sqlite:/tmp/x.db"] {
+            let t = DbTarget::from_url(url).unwrap();
+            assert_eq!(t.backend(), Backend::Sqlite);
+            assert_eq!(t.endpoint(), "/tmp/x.db");
+        }
+        let t = DbTarget::from_url("sqlite://rel.db").unwrap();
+        assert_eq!(t.endpoint(), "rel.db");
+    }
+
+    #[test]
+    fn bad_urls_are_errors_without_the_password() {
+        for url in [
+            "postgres://u:hunter2@h/db",
+            "sqlite://",
+            "sqlite::memory:",
+            "mysql://u:hunter2@h:notaport/db",
+        ] {
+            let err = DbTarget::from_url(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("***") || !url.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn password_never_in_display_or_debug() {
+        let t = DbTarget::from_url("mysql://u:hunter2@h/db").unwrap();
+        assert!(!t.to_string().contains("hunter2"));
+        assert!(!format!("{t:?}").contains("hunter2"));
+        let t = DbTarget::from_env_with(env(&[("MYSQL_PASSWORD", "hunter2")]))
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{t:?} {t}").contains("hunter2"));
+    }
+
+    #[test]
+    fn env_rules() {
+        assert!(DbTarget::from_env_with(env(&[])).unwrap().is_none());
+        // Empty values count as unset, as in a compose file with `MYSQL_HOST: ${DB_HOST}` unset.
+        assert!(DbTarget::from_env_with(env(&[("MYSQL_HOST", "")]))
+            .unwrap()
+            .is_none());
+
+        let t = DbTarget::from_env_with(env(&[("MYSQL_HOST", "db"), ("MYSQL_USER", "mon")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.to_string(), "mysql://mon@db:3306/files");
+        assert!(!t.has_password());
+
+        let t = DbTarget::from_env_with(env(&[
+            ("MYSQL_PORT", "3310"),
+            ("MYSQL_DATABASE", "f2"),
+            ("MYSQL_PASSWORD", "x"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.to_string(), "mysql://root@localhost:3310/f2");
+        assert!(t.has_password());
+
+        let err = DbTarget::from_env_with(env(&[("MYSQL_PORT", "http")])).unwrap_err();
+        assert!(err.to_string().contains("MYSQL_PORT"), "{err}");
+    }
+
+    #[test]
+    fn with_password_marks_it_present() {
+        let t = DbTarget::from_url("mysql://u@h/db").unwrap();
+        assert!(t.with_password("pw").has_password());
+        assert!(!DbTarget::sqlite("x.db").with_password("pw").has_password());
+    }
+}
