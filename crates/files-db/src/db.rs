@@ -212,7 +212,7 @@ impl FilesDb {
                             .map(|_| ())
                         })
                     })
-                    .connect_lazy_with(options.clone());
+                    .connect_lazy_with(options.as_ref().clone());
                 Pool::MySql(pool)
             }
             TargetKind::Sqlite { path } => {

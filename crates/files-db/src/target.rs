@@ -49,7 +49,8 @@ pub struct DbTarget {
 #[derive(Clone)]
 pub(crate) enum TargetKind {
     MySql {
-        options: MySqlConnectOptions,
+        // Boxed: the options are large and the SQLite variant is one path.
+        options: Box<MySqlConnectOptions>,
         has_password: bool,
     },
     Sqlite {
@@ -185,7 +186,7 @@ impl DbTarget {
             kind: TargetKind::MySql {
                 // Rows store UTC whatever the server's zone (sqlx's default, stated here
                 // because correctness depends on it).
-                options: options.timezone(Some("+00:00".to_owned())),
+                options: Box::new(options.timezone(Some("+00:00".to_owned()))),
                 has_password,
             },
         }
@@ -217,7 +218,7 @@ impl DbTarget {
         match self.kind {
             TargetKind::MySql { options, .. } => Self {
                 kind: TargetKind::MySql {
-                    options: options.password(password),
+                    options: Box::new(options.password(password)),
                     has_password: true,
                 },
             },

@@ -12,7 +12,7 @@ use files_db::{
 
 /// A database of one backend, dropped (MariaDB) or deleted (SQLite) at the end.
 enum Scratch {
-    MySql(TestDatabase),
+    MySql(Box<TestDatabase>),
     Sqlite(tempfile::TempDir),
 }
 
@@ -55,7 +55,7 @@ where
 {
     let mut scratches = vec![Scratch::Sqlite(tempfile::tempdir().unwrap())];
     if let Some(db) = TestDatabase::create(test).await {
-        scratches.push(Scratch::MySql(db));
+        scratches.push(Scratch::MySql(Box::new(db)));
     }
     for scratch in scratches {
         let target = scratch.target();
