@@ -243,7 +243,10 @@ sys.exit(os.waitstatus_to_exitcode(status))
     eprintln!("{screen}");
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("Password for "), "{screen}");
-    assert!(screen.contains("created table pysmurf_files_v1"), "{screen}");
+    assert!(
+        screen.contains("created table pysmurf_files_v1"),
+        "{screen}"
+    );
     assert!(!screen.contains(&password), "the password was echoed");
     db.drop_database().await;
 }

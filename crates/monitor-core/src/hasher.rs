@@ -1,0 +1,250 @@
+//! md5 of registered files, computed off the async threads with bounded
+//! concurrency, waiting for files that do not exist yet.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Read size for hashing: large enough that syscalls do not dominate.
+const READ_CHUNK: usize = 1 << 20;
+
+/// How long to wait for a registered file that does not exist yet.
+///
+/// pysmurf may announce a file before its writer has closed it (or before
+/// a network filesystem shows it); the hasher retries with doubling delays
+/// from `first_delay` up to `max_delay`, and gives up after `give_up_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    /// Delay before the first retry.
+    pub first_delay: Duration,
+    /// Longest delay between retries.
+    pub max_delay: Duration,
+    /// Total time after which a still-missing file is given up on.
+    pub give_up_after: Duration,
+}
+
+impl Default for WaitPolicy {
+    /// 0.5 s doubling to 30 s, giving up after 10 minutes.
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            give_up_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a file could not be hashed. A made-up md5 is never returned instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HashError {
+    /// The file did not appear within the [`WaitPolicy`].
+    #[error("{path} still does not exist after waiting {waited:?}")]
+    NeverAppeared {
+        /// The file.
+        path: PathBuf,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// The file exists but cannot be read (permissions, a directory, an I/O
+    /// error); waiting would not help.
+    #[error("cannot read {path}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Computes md5s on tokio's blocking threads, at most `concurrency` at once.
+/// Cheap to clone; clones share the limit.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use monitor_core::{FileHasher, WaitPolicy};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("a.txt");
+/// std::fs::write(&path, b"hello\n").unwrap();
+/// let hasher = FileHasher::new(2, WaitPolicy::default());
+/// let md5 = hasher.md5(&path).await.unwrap();
+/// assert_eq!(md5[..4], [0xb1, 0x94, 0x6a, 0xc9]);
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileHasher {
+    permits: Arc<Semaphore>,
+    policy: WaitPolicy,
+}
+
+impl FileHasher {
+    /// A hasher running at most `concurrency` (at least 1) reads at once.
+    pub fn new(concurrency: usize, policy: WaitPolicy) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            policy,
+        }
+    }
+
+    /// The md5 of the file at `path`, waiting for it to appear as the
+    /// [`WaitPolicy`] allows.
+    pub async fn md5(&self, path: &Path) -> Result<[u8; 16], HashError> {
+        let started = Instant::now();
+        let mut delay = self.policy.first_delay;
+        loop {
+            let attempt = {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                let owned = path.to_owned();
+                tokio::task::spawn_blocking(move || md5_of_file(&owned))
+                    .await
+                    .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
+            };
+            match attempt {
+                Ok(digest) => return Ok(digest),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    let waited = started.elapsed();
+                    if waited >= self.policy.give_up_after {
+                        return Err(HashError::NeverAppeared {
+                            path: path.to_owned(),
+                            waited,
+                        });
+                    }
+                    tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
+                    let remaining = self.policy.give_up_after - waited;
+                    tokio::time::sleep(delay.min(remaining)).await;
+                    delay = (delay * 2).min(self.policy.max_delay);
+                }
+                Err(source) => {
+                    return Err(HashError::Unreadable {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Reads the whole file; a directory or special file is an error, not a hash.
+fn md5_of_file(path: &Path) -> io::Result<[u8; 16]> {
+    let mut file = std::fs::File::open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0; READ_CHUNK];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn quick() -> WaitPolicy {
+        WaitPolicy {
+            first_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(100),
+            give_up_after: Duration::from_secs(3),
+        }
+    }
+
+    /// The digest coreutils' `md5sum` computes, as raw bytes.
+    fn md5sum_tool(path: &Path) -> [u8; 16] {
+        let out = Command::new("md5sum")
+            .arg(path)
+            .output()
+            .expect("run md5sum");
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let hex = hex.split_whitespace().next().unwrap();
+        let mut digest = [0; 16];
+        for (i, byte) in digest.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        digest
+    }
+
+    #[tokio::test]
+    async fn matches_md5sum_for_empty_small_and_multi_chunk_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hasher = FileHasher::new(2, quick());
+        for (name, len) in [("empty", 0), ("small", 13), ("big", 3 * READ_CHUNK + 7)] {
+            let path = dir.path().join(name);
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(
+                hasher.md5(&path).await.unwrap(),
+                md5sum_tool(&path),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_file_that_appears_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.npy");
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                std::fs::write(&path, b"late").unwrap();
+            })
+        };
+        let md5 = FileHasher::new(1, quick()).md5(&path).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(md5, md5sum_tool(&path));
+    }
+
+    #[tokio::test]
+    async fn gives_up_on_a_file_that_never_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("never");
+        let policy = WaitPolicy {
+            give_up_after: Duration::from_millis(200),
+            ..quick()
+        };
+        let started = std::time::Instant::now();
+        let err = FileHasher::new(1, policy).md5(&path).await.unwrap_err();
+        assert!(matches!(err, HashError::NeverAppeared { .. }), "{err}");
+        assert!(err.to_string().contains("never"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = WaitPolicy {
+            give_up_after: Duration::from_secs(3600),
+            ..quick()
+        };
+        let err = FileHasher::new(1, policy)
+            .md5(dir.path())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HashError::Unreadable { .. }), "{err}");
+    }
+}
