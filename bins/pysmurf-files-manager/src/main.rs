@@ -8,6 +8,10 @@
     clippy::print_stdout,
     reason = "a command-line tool prints its results"
 )]
+#![allow(
+    rustdoc::broken_intra_doc_links,
+    reason = "doc comments here are clap help texts, where [:PORT] means optional"
+)]
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
