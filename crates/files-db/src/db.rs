@@ -182,23 +182,32 @@ impl FilesDb {
     /// mode, so a value too long for its column is an error rather than
     /// silently truncated.
     pub async fn connect(target: &DbTarget) -> Result<Self, DbError> {
-        Self::open(target, true).await
+        Self::open(target, true, true).await
+    }
+
+    /// A pool that connects on first use: for a long-running service that
+    /// must start (and retry) while the database is down. Errors then come
+    /// from the first operation. An SQLite file is created when missing.
+    pub async fn connect_lazy(target: &DbTarget) -> Result<Self, DbError> {
+        Self::open(target, true, false).await
     }
 
     /// Like [`FilesDb::connect`], but an SQLite file that does not exist is an
     /// error instead of being created: for tools that only inspect or drop.
     pub async fn connect_existing(target: &DbTarget) -> Result<Self, DbError> {
-        Self::open(target, false).await
+        Self::open(target, false, true).await
     }
 
-    async fn open(target: &DbTarget, create_sqlite: bool) -> Result<Self, DbError> {
+    async fn open(target: &DbTarget, create_sqlite: bool, verify: bool) -> Result<Self, DbError> {
         let action = || format!("connect to {target}");
         let fail = |err| DbError::new(action(), err);
         let pool = match &target.kind {
             TargetKind::MySql { options, .. } => {
                 // One direct connection first: a pool's first acquire retries until its
                 // timeout and then reports only "timed out", hiding e.g. "connection refused".
-                options.connect().await.map_err(fail)?.close().await.ok();
+                if verify {
+                    options.connect().await.map_err(fail)?.close().await.ok();
+                }
                 let pool = MySqlPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(CONNECT_TIMEOUT)
@@ -227,14 +236,17 @@ impl FilesDb {
                         sqlx::Error::Io(missing),
                     ));
                 }
-                let pool = SqlitePoolOptions::new()
+                let pool_options = SqlitePoolOptions::new()
                     // One writer at a time is SQLite's rule; one connection avoids
                     // SQLITE_BUSY between our own connections.
                     .max_connections(1)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(sqlite_options(path, create_sqlite))
-                    .await
-                    .map_err(fail)?;
+                    .acquire_timeout(CONNECT_TIMEOUT);
+                let options = sqlite_options(path, create_sqlite);
+                let pool = if verify {
+                    pool_options.connect_with(options).await.map_err(fail)?
+                } else {
+                    pool_options.connect_lazy_with(options)
+                };
                 Pool::Sqlite(pool)
             }
         };

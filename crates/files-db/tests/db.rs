@@ -416,6 +416,13 @@ async fn connection_failures_are_classified() {
     assert!(err.is_retryable());
     assert!(err.to_string().contains("nobody@127.0.0.1:1"), "{err}");
 
+    // A lazy pool starts without the server and fails (retryably) on use.
+    let lazy = FilesDb::connect_lazy(&target)
+        .await
+        .expect("lazy pools start without a server");
+    let err = lazy.create_table().await.unwrap_err();
+    assert_eq!(err.kind(), FailureKind::Unreachable, "{err}");
+
     let dir = tempfile::tempdir().unwrap();
     let missing = DbTarget::sqlite(dir.path().join("absent.db"));
     let err = FilesDb::connect_existing(&missing).await.unwrap_err();

@@ -51,6 +51,15 @@ pub enum HashError {
         /// How long it was waited for.
         waited: Duration,
     },
+    /// The file resolves (symlinks and `..` followed) to a place outside
+    /// every data root, so it is not read.
+    #[error("{path} resolves to {resolved}, outside the data roots")]
+    OutsideDataRoots {
+        /// The file as registered.
+        path: PathBuf,
+        /// Where it really is.
+        resolved: PathBuf,
+    },
     /// The file exists but cannot be read (permissions, a directory, an I/O
     /// error); waiting would not help.
     #[error("cannot read {path}")]
@@ -82,6 +91,7 @@ pub enum HashError {
 pub struct FileHasher {
     permits: Arc<Semaphore>,
     policy: WaitPolicy,
+    data_roots: Arc<Vec<PathBuf>>,
 }
 
 impl FileHasher {
@@ -90,7 +100,24 @@ impl FileHasher {
         Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             policy,
+            data_roots: Arc::new(Vec::new()),
         }
+    }
+
+    /// Only files under one of `roots` (after resolving symlinks and `..`)
+    /// are read; others fail with [`HashError::OutsideDataRoots`]. No roots
+    /// means no restriction. Each root must exist: it is resolved now.
+    pub fn with_data_roots(mut self, roots: &[PathBuf]) -> io::Result<Self> {
+        let resolved = roots
+            .iter()
+            .map(|root| {
+                root.canonicalize().map_err(|err| {
+                    io::Error::new(err.kind(), format!("data root {}: {err}", root.display()))
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        self.data_roots = Arc::new(resolved);
+        Ok(self)
     }
 
     /// The md5 of the file at `path`, waiting for it to appear as the
@@ -106,12 +133,19 @@ impl FileHasher {
                     .await
                     .expect("the semaphore is never closed");
                 let owned = path.to_owned();
-                tokio::task::spawn_blocking(move || md5_of_file(&owned))
+                let roots = self.data_roots.clone();
+                tokio::task::spawn_blocking(move || md5_within(&owned, &roots))
                     .await
                     .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
             };
             match attempt {
-                Ok(digest) => return Ok(digest),
+                Ok(Ok(digest)) => return Ok(digest),
+                Ok(Err(resolved)) => {
+                    return Err(HashError::OutsideDataRoots {
+                        path: path.to_owned(),
+                        resolved,
+                    })
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     let waited = started.elapsed();
                     if waited >= self.policy.give_up_after {
@@ -134,6 +168,20 @@ impl FileHasher {
             }
         }
     }
+}
+
+/// The md5 of `path` if it resolves under one of `roots` (or `roots` is
+/// empty); `Ok(Err(resolved))` when it resolves elsewhere.
+fn md5_within(path: &Path, roots: &[PathBuf]) -> io::Result<Result<[u8; 16], PathBuf>> {
+    if !roots.is_empty() {
+        let resolved = path.canonicalize()?;
+        if !roots.iter().any(|root| resolved.starts_with(root)) {
+            return Ok(Err(resolved));
+        }
+        // Read what was checked, not a path a concurrent rename could redirect.
+        return md5_of_file(&resolved).map(Ok);
+    }
+    md5_of_file(path).map(Ok)
 }
 
 /// Reads the whole file; a directory or special file is an error, not a hash.
@@ -232,6 +280,29 @@ mod tests {
         assert!(matches!(err, HashError::NeverAppeared { .. }), "{err}");
         assert!(err.to_string().contains("never"), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn data_roots_refuse_escapes_through_dots_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let outside = dir.path().join("secret");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(&outside, b"secret").unwrap();
+        std::fs::write(root.join("sub/ok.txt"), b"ok").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let hasher = FileHasher::new(1, quick())
+            .with_data_roots(std::slice::from_ref(&root))
+            .unwrap();
+        assert!(hasher.md5(&root.join("sub/ok.txt")).await.is_ok());
+        assert!(hasher.md5(&root.join("sub/../sub/ok.txt")).await.is_ok());
+        for escape in [root.join("link"), root.join("sub/../../secret")] {
+            let err = hasher.md5(&escape).await.unwrap_err();
+            assert!(matches!(err, HashError::OutsideDataRoots { .. }), "{err}");
+        }
+        assert!(FileHasher::new(1, quick())
+            .with_data_roots(&[dir.path().join("missing")])
+            .is_err());
     }
 
     #[tokio::test]

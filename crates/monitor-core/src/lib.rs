@@ -1,20 +1,43 @@
-//! `monitor-core` owns the pysmurf monitor's pipeline: from a received
-//! datagram to a committed row or a feed message. It will not own how the
+//! `monitor-core` owns the pysmurf monitor's pipeline: from a received UDP
+//! datagram to a committed row of `pysmurf_files_v1` or an OCS feed message,
+//! losing nothing and doubling nothing on the way. It does not own how the
 //! monitor is launched (arguments, logging, signals: `bins/pysmurf-monitor`),
-//! the datagram format (`smurf-protocol`), SQL (`files-db`) or OCS
-//! (`ocs-feed`).
+//! the datagram format (`smurf-protocol`), SQL (`files-db`) or being an OCS
+//! agent (`ocs-feed`).
 //!
-//! Built so far, the pieces every registration passes through:
-//! - [`file_row`]: a `data_file` / `g3_file` datagram and its md5 to the
-//!   [`files_db::FileRow`] it registers (with the `.npy` path fix,
-//!   [`registered_path`]), stamped by a [`Recorder`];
-//! - [`FileHasher`]: md5 on blocking threads with bounded concurrency,
-//!   waiting per a [`WaitPolicy`] for files announced before they exist, and
-//!   never inventing a digest ([`HashError`]).
+//! The pipeline ([`Monitor`]): receiver → router → [`Spool`] → [`FileHasher`]
+//! → batcher → [`files_db::FilesDb`], with `session_data`/`session_log`
+//! datagrams relayed unchanged on [`SESSION_FEED`] and streamer metadata on
+//! `<stream-id>_meta`. A registration is durable in the spool before anything
+//! else happens to it and leaves it only once its row is committed or it is
+//! written to the [`DeadLetters`] file with the reason. Counters are in
+//! [`MonitorStats`]; [`Monitor::register_ops`] adds the OCS `init` task and
+//! `run` process to an agent.
 //!
-//! Still to come (the monitor issue): the UDP receiver, the router, the
-//! durable spool, the batcher, the counters, and the `init`/`run` OCS ops.
-//! See `docs/architecture.md`.
+//! Embedding it in another agent:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use files_db::{DbTarget, FilesDb};
+//! use monitor_core::{bind_udp, Monitor, PipelineOptions, Recorder};
+//! use ocs_feed::{Agent, SiteConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let site = SiteConfig::new("ws://127.0.0.1:8001/ws", "test_realm", "observatory", "my-monitor");
+//! let agent = Agent::new("PysmurfMonitor", site);
+//! let db = FilesDb::connect_lazy(&DbTarget::sqlite("pysmurf_files.db")).await?;
+//! db.create_table().await?;
+//! let recorder = Recorder::this_program("observatory", "my-monitor");
+//! let monitor = Monitor::new(db, Some(agent.clone()), recorder, "spool".into(), PipelineOptions::default()).await?;
+//! monitor.register_ops(&agent, true)?;
+//!
+//! let shutdown = CancellationToken::new();
+//! tokio::spawn({ let (agent, shutdown) = (agent.clone(), shutdown.clone()); async move { agent.run(shutdown).await } });
+//! monitor.run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown).await;
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces are usable alone too, e.g. the row a file datagram registers:
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -38,8 +61,23 @@
 //! # });
 //! ```
 
+mod dead_letter;
+mod guard;
 mod hasher;
+mod ops;
+mod pipeline;
 mod registration;
+mod socket;
+mod spool;
+mod stats;
 
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
+pub use guard::{AllowList, IpNet, IpNetParseError};
 pub use hasher::{FileHasher, HashError, WaitPolicy};
+pub use pipeline::{
+    Monitor, MonitorError, PipelineOptions, DEGRADED_SPOOL_DEPTH, SESSION_FEED, STATS_FEED,
+};
 pub use registration::{file_row, registered_path, Recorder};
+pub use socket::{bind_udp, RECEIVE_BUFFER_BYTES};
+pub use spool::{Spool, SpoolError, SpoolId, SpooledRecord};
+pub use stats::{MonitorStats, RejectReason};

@@ -1,0 +1,583 @@
+//! The real `pysmurf-monitor` binary, started as a child process, fed by a
+//! real publisher on loopback, checked through the real database (SQLite
+//! file or MariaDB), never through its own logs' claims.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use files_db::testing::TestDatabase;
+use files_db::{DbTarget, FilesDb, StoredFile, MYSQL_ENV_VARS};
+use ocs_feed::testing::{self as ocs_testing, Gate, Subscriber};
+use serde_json::json;
+use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
+
+/// A running monitor and where it listens.
+struct MonitorProcess {
+    child: Child,
+    udp: SocketAddr,
+    /// The monitor's log lines (also echoed to the test's stderr).
+    log: mpsc::Receiver<String>,
+}
+
+impl MonitorProcess {
+    /// Starts the binary in `working_dir` on a free UDP port with `env`
+    /// added to a clean environment (no `MYSQL_*`, no OCS config). The
+    /// router address is a closed loopback port: these tests run without one.
+    fn start(working_dir: &Path, env: &[(&str, String)], extra_args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pysmurf-monitor"));
+        for name in MYSQL_ENV_VARS {
+            command.env_remove(name);
+        }
+        command
+            .env_remove("OCS_CONFIG_DIR")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(working_dir)
+            .args(["--udp-host", "127.0.0.1", "--udp-port", "0"])
+            .args(extra_args);
+        if !extra_args.contains(&"--site-hub") {
+            // No router: a closed loopback port.
+            command.args(["--site-hub", "ws://127.0.0.1:1/ws"]);
+        }
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start pysmurf-monitor");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Owned from here on: dropping it kills and reaps the child.
+        let mut monitor = Self {
+            child,
+            udp: "0.0.0.0:0".parse().unwrap(),
+            log: rx,
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[monitor] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = monitor
+                .log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the monitor said where it receives");
+            if let Some(rest) = line.split(" udp=").nth(1) {
+                monitor.udp = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return monitor;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn publisher(&self) -> Publisher {
+        Publisher::new(self.udp, PublisherConfig::new("crate1slot2", "e2e_test.py")).unwrap()
+    }
+}
+
+impl Drop for MonitorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The digest coreutils' `md5sum` computes: an independent implementation.
+fn md5sum_tool(path: &Path) -> [u8; 16] {
+    let out = Command::new("md5sum").arg(path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text.split_whitespace().next().unwrap();
+    let mut digest = [0; 16];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    digest
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Polls until `db` holds `count` rows (or fails after `within`).
+async fn wait_for_rows(db: &FilesDb, count: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = db
+            .status()
+            .await
+            .ok()
+            .and_then(|s| s.current_table().map(|t| t.rows))
+            .unwrap_or(0);
+        if rows >= count {
+            assert_eq!(rows, count, "more rows than registrations");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {rows} of {count} rows after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn only_row(db: &FilesDb, path: &Path) -> StoredFile {
+    let mut rows = db.files_by_path(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(rows.len(), 1, "exactly one row for {}", path.display());
+    rows.remove(0)
+}
+
+/// Every kind of datagram around three registrations; every column checked.
+/// The monitor runs in `work` with `env` and must write to `target`.
+async fn records_exactly_what_was_registered(
+    work: &Path,
+    target: DbTarget,
+    env: &[(&str, String)],
+) {
+    let data = work.join("data");
+    let monitor = MonitorProcess::start(work, env, &[]);
+    let mut publisher = monitor.publisher();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    // 1. An npy file announced without its suffix, as pysmurf's np.save does.
+    let npy = data.join("1700000000/outputs/1700000012_tune");
+    write_file(&npy.with_extension("npy"), b"\x93NUMPY fake array");
+    let mut tune = FilePayload::new(npy.to_str().unwrap(), "tuning");
+    tune.format = Some("npy".into());
+    tune.timestamp = Some(1_700_000_012.75);
+    tune.action = Some("tune_band".into());
+    tune.action_ts = Some(1_700_000_000);
+    tune.plot = Some(false);
+    tune.pysmurf_version = Some("v8.1.0".into());
+
+    // 2. A plot with null action, as outside an action.
+    let plot = data.join("plots/1700000100_iv.png");
+    write_file(&plot, b"png bytes");
+    let mut plot_payload = FilePayload::new(plot.to_str().unwrap(), "plot");
+    plot_payload.plot = Some(true);
+    plot_payload.timestamp = Some(1_700_000_100.0);
+
+    // 3. A g3 file from the streamer.
+    let g3 = data.join("timestreams/17000/crate1slot2/1700000200_000.g3");
+    write_file(&g3, &vec![7u8; 3 * 1024 * 1024 + 5]);
+
+    // Noise around them: malformed bytes, an unknown type, session messages.
+    socket.send_to(b"\xff\xfe not json", monitor.udp).unwrap();
+    socket.send_to(br#"{"id": 5}"#, monitor.udp).unwrap();
+    publisher.publish("mystery_type", &json!({"a": 1})).unwrap();
+    publisher
+        .publish("session_log", &json!("a log line"))
+        .unwrap();
+    publisher.register_file(&tune).unwrap();
+    socket.send_to(b"[1, 2, 3]", monitor.udp).unwrap();
+    publisher.register_file(&plot_payload).unwrap();
+    publisher
+        .publish(
+            "g3_file",
+            &json!({"path": g3.to_str().unwrap(), "archive_name": "timestreams"}),
+        )
+        .unwrap();
+    publisher
+        .publish("session_data", &json!({"x": [1, 2]}))
+        .unwrap();
+
+    let db = FilesDb::connect(&target).await.unwrap();
+    wait_for_rows(&db, 3, Duration::from_secs(20)).await;
+    let program = format!("pysmurf-monitor-rs {}", env!("CARGO_PKG_VERSION"));
+
+    let row = only_row(&db, &npy.with_extension("npy")).await.row;
+    assert_eq!(row.md5sum, md5sum_tool(&npy.with_extension("npy")));
+    assert_eq!(row.action.as_deref(), Some("tune_band"));
+    assert_eq!(row.timestamp.unwrap().timestamp(), 1_700_000_012);
+    assert_eq!(row.action_timestamp, Some(1_700_000_000));
+    assert_eq!(row.format.as_deref(), Some("npy"));
+    assert_eq!(row.plot, Some(false));
+    assert_eq!(row.site.as_deref(), Some("observatory"));
+    assert_eq!(row.instance_id.as_deref(), Some("pysmurf-monitor"));
+    assert_eq!(row.pub_id.as_deref(), Some("crate1slot2"));
+    assert_eq!(row.script_id.as_deref(), Some("e2e_test.py"));
+    assert_eq!(row.copied, Some(false));
+    assert_eq!(row.failed_copy_attempts, Some(0));
+    assert_eq!(row.pysmurf_version.as_deref(), Some("v8.1.0"));
+    assert_eq!(row.socs_version.as_deref(), Some(program.as_str()));
+
+    let row = only_row(&db, &plot).await.row;
+    assert_eq!(row.md5sum, md5sum_tool(&plot));
+    assert_eq!(row.action, None);
+    assert_eq!(row.action_timestamp, None);
+    assert_eq!(row.plot, Some(true));
+    assert_eq!(row.format.as_deref(), Some(""));
+
+    let row = only_row(&db, &g3).await.row;
+    assert_eq!(row.md5sum, md5sum_tool(&g3));
+    assert_eq!(
+        row.timestamp, None,
+        "the streamer sends no timestamp; none is made up"
+    );
+    assert_eq!(row.pysmurf_version, None);
+
+    assert_eq!(monitor.terminate(), 0, "SIGTERM exits 0");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn records_every_column_on_the_embedded_sqlite_default_without_a_router() {
+    // With no database configured, the monitor writes pysmurf_files.db in
+    // its working directory.
+    let work = tempfile::tempdir().unwrap();
+    let target = DbTarget::sqlite(work.path().join("pysmurf_files.db"));
+    records_exactly_what_was_registered(work.path(), target, &[]).await;
+}
+
+#[tokio::test]
+async fn records_every_column_on_mariadb() {
+    let Some(test_db) = TestDatabase::create("monitor_mariadb_columns").await else {
+        return;
+    };
+    let env: Vec<(&str, String)> = test_db.env().to_vec();
+    let work = tempfile::tempdir().unwrap();
+    records_exactly_what_was_registered(work.path(), test_db.target().clone(), &env).await;
+    assert!(
+        !work.path().join("pysmurf_files.db").exists(),
+        "MYSQL_* selects MariaDB, not the SQLite default"
+    );
+    test_db.drop_database().await;
+}
+
+/// A row the database refuses (a path longer than its column) goes to the
+/// dead-letter file with the database's message; the rows around it land.
+#[tokio::test]
+async fn a_rejected_row_is_dead_lettered_and_blocks_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &[], &[]);
+    let mut publisher = monitor.publisher();
+    let long_dir = work.path().join("d".repeat(200)).join("e".repeat(100));
+    let mut paths = Vec::new();
+    for i in 0..5 {
+        let path = if i == 2 {
+            long_dir.join("too_long.txt")
+        } else {
+            work.path().join(format!("ok_{i}.txt"))
+        };
+        write_file(&path, format!("file {i}").as_bytes());
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "txt"))
+            .unwrap();
+        paths.push(path);
+    }
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 4, Duration::from_secs(20)).await;
+    let dead_letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dead_letters.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&dead_letters).expect("a dead-letter file");
+    let letters: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{text}");
+    assert!(letters[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("rejected by the database"));
+    assert_eq!(
+        letters[0]["datagram"]["payload"]["path"],
+        paths[2].to_str().unwrap()
+    );
+    assert_eq!(monitor.terminate(), 0);
+    db.close().await;
+}
+
+/// `kill -9` while registrations are spooled but not committed (their files
+/// appear only later): after a restart every registration is in the table
+/// exactly once.
+async fn kill_9_loses_nothing_and_doubles_nothing(
+    work: &Path,
+    target: DbTarget,
+    env: &[(&str, String)],
+) {
+    const EARLY: usize = 300;
+    const LATE: usize = 200;
+    let data = work.join("data");
+    let monitor = MonitorProcess::start(work, env, &[]);
+    let mut publisher = monitor.publisher();
+    let mut expected = HashMap::new();
+    for i in 0..EARLY + LATE {
+        let path = data.join(format!("{i:05}.dat"));
+        if i < EARLY {
+            write_file(&path, format!("early {i}").as_bytes());
+        }
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+            .unwrap();
+        expected.insert(path, i);
+        if i % 100 == 99 {
+            // Stay under the kernel's socket buffer: this test is about the
+            // monitor, not about UDP overflowing.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let db = FilesDb::connect(&target).await.unwrap();
+    wait_for_rows(&db, EARLY as u64, Duration::from_secs(30)).await;
+    // The late ones are spooled and waiting for their files.
+    monitor.kill_9();
+
+    for i in EARLY..EARLY + LATE {
+        write_file(
+            &data.join(format!("{i:05}.dat")),
+            format!("late {i}").as_bytes(),
+        );
+    }
+    let restarted = MonitorProcess::start(work, env, &[]);
+    wait_for_rows(&db, (EARLY + LATE) as u64, Duration::from_secs(30)).await;
+    for path in expected.keys() {
+        let row = only_row(&db, path).await.row;
+        assert_eq!(row.md5sum, md5sum_tool(path));
+    }
+    assert_eq!(restarted.terminate(), 0);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_on_sqlite() {
+    let work = tempfile::tempdir().unwrap();
+    let target = DbTarget::sqlite(work.path().join("pysmurf_files.db"));
+    kill_9_loses_nothing_and_doubles_nothing(work.path(), target, &[]).await;
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_on_mariadb() {
+    let Some(test_db) = TestDatabase::create("monitor_kill_9").await else {
+        return;
+    };
+    let env: Vec<(&str, String)> = test_db.env().to_vec();
+    let work = tempfile::tempdir().unwrap();
+    kill_9_loses_nothing_and_doubles_nothing(work.path(), test_db.target().clone(), &env).await;
+    test_db.drop_database().await;
+}
+
+/// MariaDB unreachable mid-stream: registrations keep being received and
+/// spooled, nothing is written while it is away, and everything lands
+/// exactly once when it is back.
+#[tokio::test]
+async fn a_database_outage_delays_rows_but_loses_and_doubles_none() {
+    let Some(test_db) = TestDatabase::create("monitor_db_outage").await else {
+        return;
+    };
+    let env: HashMap<&str, String> = test_db.env().iter().cloned().collect();
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(
+        env["MYSQL_HOST"].as_str(),
+        env["MYSQL_PORT"].parse::<u16>().unwrap(),
+    ))
+    .unwrap()
+    .next()
+    .unwrap();
+    // A real outage as the monitor sees it, without stopping the server other tests use.
+    let proxy = Gate::start(upstream.port()).await;
+    let mut monitor_env: Vec<(&str, String)> = test_db.env().to_vec();
+    for (name, value) in &mut monitor_env {
+        match *name {
+            "MYSQL_HOST" => *value = "127.0.0.1".into(),
+            "MYSQL_PORT" => *value = proxy.port.to_string(),
+            _ => {}
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &monitor_env, &[]);
+    let mut publisher = monitor.publisher();
+    let direct = FilesDb::connect(test_db.target()).await.unwrap();
+    let mut register = |range: std::ops::Range<usize>| {
+        for i in range {
+            let path = work.path().join(format!("data/{i:04}.dat"));
+            write_file(&path, format!("file {i}").as_bytes());
+            publisher
+                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+                .unwrap();
+        }
+    };
+
+    register(0..50);
+    wait_for_rows(&direct, 50, Duration::from_secs(20)).await;
+
+    proxy.close();
+    register(50..150);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = direct.status().await.unwrap().current_table().unwrap().rows;
+    assert_eq!(
+        during, 50,
+        "nothing can be written while the database is away"
+    );
+
+    proxy.open();
+    wait_for_rows(&direct, 150, Duration::from_secs(60)).await;
+    for i in 0..150 {
+        only_row(&direct, &work.path().join(format!("data/{i:04}.dat"))).await;
+    }
+    assert_eq!(monitor.terminate(), 0);
+    direct.close().await;
+    test_db.drop_database().await;
+}
+
+/// With a real crossbar router: session messages reach a real autobahn
+/// subscriber unchanged and in arrival order (up to the publisher's 64000-byte
+/// limit), streamer metadata reaches `<stream-id>_meta` as an OCS block, and
+/// the real `OCSClient` sees the `init` task and the `run` process counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
+    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let venv = ocs_testing::venv().expect("venv present when the router is");
+    let instance = format!("pysmurf-monitor-e2e-{}", std::process::id());
+    let address = format!("{}.{instance}", ocs_testing::ROOT);
+    let topic = |feed: &str| format!("{address}.feeds.{feed}");
+    let mut subscriber = Subscriber::start(
+        &venv,
+        &router.ws_url(),
+        &[
+            topic("heartbeat"),
+            topic("pysmurf_session_data"),
+            topic("crate1slot2_meta"),
+        ],
+    )
+    .await;
+
+    let work = tempfile::tempdir().unwrap();
+    let hub = router.ws_url();
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[],
+        &["--site-hub", &hub, "--instance-id", &instance],
+    );
+    // Joined once its heartbeat is heard.
+    subscriber
+        .next_on(&topic("heartbeat"), Duration::from_secs(30))
+        .await;
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = Vec::new();
+    for seq_no in 0..100 {
+        let (kind, payload) = match seq_no {
+            0 => (
+                "session_data",
+                json!({"band": 3, "values": [1.5, -2, null]}),
+            ),
+            // The largest datagram the publisher sends: the Python agent's
+            // 8192-byte buffer dropped these.
+            50 => ("session_data", json!("x".repeat(63_700))),
+            n => ("session_log", json!(format!("log line {n}\n"))),
+        };
+        let datagram = json!({
+            "host": "smurf-srv", "id": "crate1slot2", "script": "e2e.py",
+            "time": 1_700_000_000.0 + f64::from(seq_no), "seq_no": seq_no,
+            "type": kind, "payload": payload,
+        });
+        let bytes = serde_json::to_vec(&datagram).unwrap();
+        assert!(bytes.len() <= 64_000);
+        socket.send_to(&bytes, monitor.udp).unwrap();
+        sent.push(datagram);
+    }
+    let metadata = json!({
+        "host": "smurf-srv", "id": "STREAMER:crate1slot2", "script": null,
+        "time": 1_700_000_500.5, "seq_no": 0, "type": "metadata",
+        "payload": {"path": "AMCc.SmurfProcessor.ChannelMapper.NumChannels", "type": "int", "value": 1024},
+    });
+    socket
+        .send_to(&serde_json::to_vec(&metadata).unwrap(), monitor.udp)
+        .unwrap();
+
+    for expected in &sent {
+        let event = subscriber
+            .next_on(&topic("pysmurf_session_data"), Duration::from_secs(20))
+            .await;
+        let (message, descriptor) = (&event["args"][0][0], &event["args"][0][1]);
+        assert_eq!(message, expected, "unchanged and in order");
+        assert_eq!(descriptor["feed_name"], "pysmurf_session_data");
+        assert_eq!(descriptor["record"], false);
+        assert_eq!(descriptor["agent_class"], "PysmurfMonitor");
+    }
+
+    let event = subscriber
+        .next_on(&topic("crate1slot2_meta"), Duration::from_secs(20))
+        .await;
+    // What ocs's Feed.enforce_field_name_rules makes of the path (dots dropped).
+    let field = "AMCcSmurfProcessorChannelMapperNumChannels";
+    let block = &event["args"][0][0][field];
+    assert_eq!(block["block_name"], field, "{event}");
+    assert_eq!(block["data"][field], json!([1024]), "{event}");
+    assert_eq!(block["timestamps"], json!([1_700_000_500.5]), "{event}");
+    assert_eq!(event["args"][0][1]["record"], true);
+    subscriber.stop().await;
+
+    // One registration, then what a real OCSClient sees.
+    let file = work.path().join("data/a.txt");
+    write_file(&file, b"a");
+    monitor
+        .publisher()
+        .register_file(&FilePayload::new(file.to_str().unwrap(), "txt"))
+        .unwrap();
+    let site_file = router.site_file(work.path());
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/monitor_client.py"))
+        .arg(&site_file)
+        .arg(&instance)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(client["agent_class"], "PysmurfMonitor");
+    assert_eq!(client["tasks"], json!(["init"]));
+    assert_eq!(client["processes"], json!(["run"]));
+    assert_eq!(
+        client["feeds"],
+        json!([
+            "crate1slot2_meta",
+            "heartbeat",
+            "monitor_stats",
+            "pysmurf_session_data"
+        ])
+    );
+    let init = &client["init"]["session"];
+    assert_eq!(init["success"], true, "{client}");
+    assert_eq!(init["data"]["table"], "pysmurf_files_v1");
+    let run = &client["run"]["session"];
+    assert_eq!(run["status"], "running", "{client}");
+    assert_eq!(run["data"]["files_registered"], 1, "{client}");
+    assert_eq!(run["data"]["session_messages"], 100, "{client}");
+    assert_eq!(run["data"]["metadata_messages"], 1, "{client}");
+    assert_eq!(run["data"]["database_up"], true, "{client}");
+    assert_eq!(monitor.terminate(), 0);
+}

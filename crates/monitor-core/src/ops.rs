@@ -1,0 +1,103 @@
+//! The monitor's OCS operations: the `init` task and the `run` process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use files_db::{CreateOutcome, FilesDb};
+use ocs_feed::{Agent, AgentError, OpError, OpOptions, Params};
+use serde_json::{json, Value};
+
+use crate::pipeline::DEGRADED_SPOOL_DEPTH;
+use crate::stats::MonitorStats;
+
+/// How often the `run` session's data is refreshed.
+const RUN_REFRESH: Duration = Duration::from_secs(1);
+
+pub(crate) fn register(
+    db: FilesDb,
+    stats: Arc<MonitorStats>,
+    agent: &Agent,
+    create_table_default: bool,
+) -> Result<(), AgentError> {
+    agent.register_task(
+        "init",
+        OpOptions::new()
+            .doc(
+                "init(create_table=True)\n\n**Task** - Checks the files database and, when \
+                 create_table is true, creates the pysmurf_files table if it is missing.",
+            )
+            .startup(json!({ "create_table": create_table_default })),
+        move |session, params| {
+            let db = db.clone();
+            async move {
+                let create = bool_param(&params, "create_table", create_table_default)?;
+                let table = db.table().to_owned();
+                let (created, message) = if create {
+                    match db.create_table().await? {
+                        CreateOutcome::Created => (true, format!("created table {table}")),
+                        CreateOutcome::AlreadyPresent => {
+                            (false, format!("table {table} already present"))
+                        }
+                    }
+                } else {
+                    let status = db.status().await?;
+                    match status.current_table() {
+                        Some(t) => (false, format!("table {table} present with {} rows", t.rows)),
+                        None => {
+                            return Err(OpError::new(format!(
+                                "table {table} is missing and create_table is false"
+                            )))
+                        }
+                    }
+                };
+                session.add_message(message.clone());
+                session.set_data(json!({
+                    "table": table,
+                    "created": created,
+                    "database": db.target().to_string(),
+                }));
+                Ok(message)
+            }
+        },
+    )?;
+    agent.register_process(
+        "run",
+        OpOptions::new()
+            .doc(
+                "run()\n\n**Process** - Reports the monitor's counters in session.data every \
+                 second and sets degraded while the database fails or the spool grows. The \
+                 monitor records files whether or not this process runs.",
+            )
+            .startup(json!({})),
+        move |session, _params| {
+            let stats = stats.clone();
+            async move {
+                loop {
+                    let data = stats.session_data();
+                    let spool_depth = data.get("spool_depth").and_then(Value::as_u64).unwrap_or(0);
+                    session
+                        .set_degraded(!stats.database_up() || spool_depth > DEGRADED_SPOOL_DEPTH);
+                    session.set_data(Value::Object(data));
+                    tokio::select! {
+                        _ = session.stopped() => break,
+                        _ = tokio::time::sleep(RUN_REFRESH) => {}
+                    }
+                }
+                Ok("Monitor reports stopped; files are still recorded.".to_owned())
+            }
+        },
+    )
+}
+
+/// A boolean op param as OCS clients send it (`true`/`false`, or 0/1).
+fn bool_param(params: &Params, name: &str, default: bool) -> Result<bool, OpError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(value)) => Ok(*value),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(false),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
+        Some(other) => Err(OpError::new(format!(
+            "Param '{name}' must be a bool, got {other}"
+        ))),
+    }
+}

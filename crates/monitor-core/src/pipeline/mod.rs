@@ -1,0 +1,409 @@
+//! The pipeline: receiver → router → spool → hasher → batcher → database,
+//! with session and metadata messages routed to OCS feeds on the way.
+//!
+//! Each stage is a task; stages talk through bounded channels whose
+//! capacities are named below with who absorbs the pressure when one fills.
+//! One [`CancellationToken`] stops them in order: the receiver stops
+//! reading, each later stage drains what reaches it, the batcher commits
+//! what it can within the drain timeout, and whatever is not committed stays
+//! in the spool for the next start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use files_db::{FailureKind, FileRow, FilesDb};
+use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
+use serde_json::{json, Value};
+use smurf_protocol::{Datagram, Envelope, FilePayload, Message, MAX_DATAGRAM_LEN};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::guard::{AllowList, LogLimiter};
+use crate::hasher::{FileHasher, WaitPolicy};
+use crate::registration::{file_row, registered_path, Recorder};
+use crate::spool::{Spool, SpoolId};
+use crate::stats::{MonitorStats, RejectReason};
+
+mod batch;
+mod receive;
+mod register;
+mod route;
+
+use batch::batch_stage;
+use receive::receive_stage;
+use register::{replay_spool, spool_stage};
+use route::route_stage;
+
+/// The feed that carries `session_data` and `session_log` datagrams,
+/// unchanged, to pysmurf-controller agents.
+pub const SESSION_FEED: &str = "pysmurf_session_data";
+
+/// The recorded feed of the monitor's own counters.
+pub const STATS_FEED: &str = "monitor_stats";
+
+/// Received datagrams waiting for the router. When full, the receiver
+/// stops reading and the kernel's socket buffer absorbs the burst.
+const RECEIVED_CAPACITY: usize = 65_536;
+
+/// File datagrams waiting to be spooled. When full, the router waits; the
+/// received-datagram channel behind it absorbs the pressure.
+const TO_SPOOL_CAPACITY: usize = 65_536;
+
+/// Most records one spool transaction takes.
+const SPOOL_GROUP: usize = 4_096;
+
+/// Hashed rows waiting for the batcher. When full, hashing tasks wait;
+/// their registrations are already safe in the spool.
+const TO_BATCH_CAPACITY: usize = 16_384;
+
+/// Spool depth above which the `run` session reports `degraded`: the
+/// database is not keeping up.
+pub const DEGRADED_SPOOL_DEPTH: u64 = 10_000;
+
+/// Longest wait between retries of a failing database.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How the pipeline is tuned. `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Files hashed at once (default 4).
+    pub hash_concurrency: usize,
+    /// How long to wait for announced files that do not exist yet.
+    pub wait_policy: WaitPolicy,
+    /// Only hash files under these directories (none: no restriction).
+    pub data_roots: Vec<PathBuf>,
+    /// Senders heard (empty: everyone).
+    pub allow_from: AllowList,
+    /// Rows per database transaction at most (default 1000).
+    pub batch_rows: usize,
+    /// Longest a row waits for its batch to fill (default 50 ms).
+    pub batch_delay: Duration,
+    /// After shutdown is requested, how long the stages may keep
+    /// committing what they hold (default 10 s).
+    pub drain_timeout: Duration,
+    /// How often the counters go to the `monitor_stats` feed (default 5 s).
+    pub stats_interval: Duration,
+    /// Create the table when an insert finds it missing (e.g. a database
+    /// restored without it), as `--create-table` asks (default false).
+    pub create_missing_table: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            hash_concurrency: 4,
+            wait_policy: WaitPolicy::default(),
+            data_roots: Vec::new(),
+            allow_from: AllowList::default(),
+            batch_rows: 1000,
+            batch_delay: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(5),
+            create_missing_table: false,
+        }
+    }
+}
+
+/// Why the monitor could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MonitorError {
+    /// The spool could not be opened or read.
+    #[error("cannot use the spool")]
+    Spool(#[from] crate::spool::SpoolError),
+    /// A data root does not exist or cannot be resolved.
+    #[error("bad data root")]
+    DataRoot(#[source] std::io::Error),
+    /// A feed could not be registered on the agent.
+    #[error("cannot register feed")]
+    Feed(#[from] ocs_feed::FeedError),
+}
+
+/// The pysmurf monitor pipeline, ready to run on a socket.
+///
+/// Build it with [`Monitor::new`], run it with [`Monitor::run`]; read its
+/// counters through [`Monitor::stats`] while it runs.
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+/// What every stage reads.
+struct Shared {
+    db: FilesDb,
+    agent: Option<Agent>,
+    recorder: Recorder,
+    spool: Spool,
+    dead_letters: DeadLetters,
+    hasher: FileHasher,
+    options: PipelineOptions,
+    stats: Arc<MonitorStats>,
+    limiter: LogLimiter,
+    /// `<stream-id>_meta` feeds registered so far.
+    metadata_feeds: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A datagram as the receiver hands it on.
+struct Received {
+    sender: SocketAddr,
+    received_at: SystemTime,
+    bytes: Vec<u8>,
+}
+
+/// A file registration on its way to the database.
+struct Registration {
+    /// Its spool record; `None` if the spool failed (kept in memory only).
+    spool_id: Option<SpoolId>,
+    received: Received,
+    envelope: Envelope,
+    file: FilePayload,
+    /// Replayed from an earlier run: its row may already be committed.
+    replayed: bool,
+}
+
+/// A row ready to insert, with what is needed to ack or dead-letter it.
+struct Hashed {
+    row: FileRow,
+    registration: Registration,
+}
+
+impl Monitor {
+    /// A monitor writing to `db`, spooling under `spool_dir` (dead letters
+    /// go to `spool_dir/dead_letters.jsonl`), stamping rows with `recorder`,
+    /// and publishing feeds on `agent` when given (registering
+    /// `pysmurf_session_data` and `monitor_stats` on it).
+    pub async fn new(
+        db: FilesDb,
+        agent: Option<Agent>,
+        recorder: Recorder,
+        spool_dir: PathBuf,
+        options: PipelineOptions,
+    ) -> Result<Self, MonitorError> {
+        let spool = Spool::open(&spool_dir).await?;
+        let hasher = FileHasher::new(options.hash_concurrency, options.wait_policy)
+            .with_data_roots(&options.data_roots)
+            .map_err(MonitorError::DataRoot)?;
+        if let Some(agent) = &agent {
+            agent.register_feed(SESSION_FEED, FeedOptions::default())?;
+            agent.register_feed(STATS_FEED, FeedOptions::recorded(json!({}), 0.0))?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                agent,
+                recorder,
+                spool,
+                dead_letters: DeadLetters::new(spool_dir.join("dead_letters.jsonl")),
+                hasher,
+                options,
+                stats: Arc::new(MonitorStats::default()),
+                limiter: LogLimiter::default(),
+                metadata_feeds: Default::default(),
+            }),
+        })
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<MonitorStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The database the monitor writes to.
+    pub fn database(&self) -> &FilesDb {
+        &self.shared.db
+    }
+
+    /// Registers the monitor's OCS operations on `agent`: the `init` task
+    /// (creates the table when its `create_table` param is true; started at
+    /// the first join with `create_table` = `create_table_default`) and the
+    /// `run` process (started at the first join; shows the counters in its
+    /// session data every second and sets `degraded` while the database
+    /// fails or the spool holds more than [`DEGRADED_SPOOL_DEPTH`]
+    /// registrations).
+    ///
+    /// The pipeline itself runs from [`Monitor::run`] whether or not the
+    /// router is reachable: stopping `run` stops its reports, never the
+    /// recording of files.
+    pub fn register_ops(
+        &self,
+        agent: &Agent,
+        create_table_default: bool,
+    ) -> Result<(), ocs_feed::AgentError> {
+        crate::ops::register(
+            self.shared.db.clone(),
+            self.shared.stats.clone(),
+            agent,
+            create_table_default,
+        )
+    }
+
+    /// Runs until `shutdown` is cancelled: replays the spool, then receives
+    /// on `socket`. Returns once every stage has drained (bounded by
+    /// [`PipelineOptions::drain_timeout`] after the cancel).
+    pub async fn run(self, socket: UdpSocket, shutdown: CancellationToken) {
+        let shared = self.shared;
+        let tracker = TaskTracker::new();
+        // Stages after the receiver keep going after `shutdown` until their
+        // input closes, or until `drain` fires when the drain timeout is over.
+        let drain = CancellationToken::new();
+
+        let (received_tx, received_rx) = mpsc::channel(RECEIVED_CAPACITY);
+        let (spool_tx, spool_rx) = mpsc::channel(TO_SPOOL_CAPACITY);
+        let (batch_tx, batch_rx) = mpsc::channel(TO_BATCH_CAPACITY);
+
+        tracker.spawn(batch_stage(shared.clone(), batch_rx, drain.clone()));
+        replay_spool(&shared, &tracker, &batch_tx, &drain).await;
+        tracker.spawn(spool_stage(
+            shared.clone(),
+            spool_rx,
+            batch_tx,
+            tracker.clone(),
+            drain.clone(),
+        ));
+        tracker.spawn(route_stage(shared.clone(), received_rx, spool_tx));
+        tracker.spawn(stats_stage(shared.clone(), shutdown.clone()));
+        tracker.spawn(receive_stage(
+            shared.clone(),
+            socket,
+            received_tx,
+            shutdown.clone(),
+        ));
+        tracker.close();
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: draining the pipeline");
+        if tokio::time::timeout(shared.options.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                spool_depth = shared.spool.depth(),
+                "drain timeout reached; the rest stays in the spool"
+            );
+            drain.cancel();
+            tracker.wait().await;
+        }
+        shared.spool.close().await;
+        tracing::info!(
+            files_registered = shared.stats.files_registered(),
+            spool_depth = shared.spool.depth(),
+            "pipeline stopped"
+        );
+    }
+}
+
+/// Counts a refused datagram and logs it at most once a minute per sender.
+fn refuse(shared: &Shared, sender: SocketAddr, reason: RejectReason, detail: &str) {
+    shared.stats.reject(reason);
+    if let Some(suppressed) = shared.limiter.should_log(sender, reason.name()) {
+        tracing::warn!(
+            %sender,
+            reason = reason.name(),
+            detail,
+            suppressed_since_last_log = suppressed,
+            "datagram refused"
+        );
+    }
+}
+
+fn publish(shared: &Shared, feed: &str, message: Value) {
+    let Some(agent) = &shared.agent else {
+        return;
+    };
+    if let Err(err) = agent.publish_to_feed(feed, message) {
+        shared.stats.feed_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(feed, error = %err, "feed message not published");
+    }
+}
+
+fn epoch_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn dead_letter(shared: &Shared, received: &Received, reason: String) {
+    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    let letter = DeadLetter {
+        reason,
+        sender: received.sender,
+        received_at: received.received_at,
+        datagram: &received.bytes,
+    };
+    if let Err(err) = shared.dead_letters.record(&letter) {
+        tracing::error!(error = %err, reason = %letter.reason, "dead letter lost");
+    }
+}
+
+async fn ack(shared: &Shared, ids: &[SpoolId]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(err) = shared.spool.ack(ids).await {
+        // The rows are committed; at the next start the replay skips them.
+        shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %err, "cannot ack spool records");
+    }
+    shared
+        .stats
+        .spool_depth
+        .store(shared.spool.depth(), Ordering::Relaxed);
+}
+
+/// Publishes the counters on `monitor_stats` every `stats_interval`, and
+/// flushes the metadata feeds: OCS sends a recorded feed's buffer only when
+/// the next message comes, so the last value of a quiet stream would
+/// otherwise wait indefinitely.
+async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(agent) = shared.agent.clone() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(shared.options.stats_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let feeds: Vec<String> = shared
+            .metadata_feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for feed in feeds {
+            if let Err(err) = agent.flush_feed(&feed) {
+                tracing::debug!(feed, error = %err, "cannot flush a metadata feed");
+            }
+        }
+        shared
+            .stats
+            .spool_depth
+            .store(shared.spool.depth(), Ordering::Relaxed);
+        let data: serde_json::Map<String, Value> = shared
+            .stats
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    if let Value::Bool(b) = v {
+                        json!(u8::from(b))
+                    } else {
+                        v
+                    },
+                )
+            })
+            .collect();
+        publish(
+            &shared,
+            STATS_FEED,
+            json!({"block_name": STATS_FEED, "timestamp": epoch_seconds(SystemTime::now()), "data": data}),
+        );
+    }
+}

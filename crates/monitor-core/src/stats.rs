@@ -1,0 +1,182 @@
+//! Live counters of the pipeline, shown in the `run` session's data and
+//! published on the `monitor_stats` feed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+
+/// Why a datagram was refused before or while it was parsed. Each has its
+/// own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Larger than the publisher's 64000-byte limit.
+    TooLarge,
+    /// From a sender outside `--allow-from`.
+    NotAllowed,
+    /// Not a datagram `smurf_protocol` can parse (not UTF-8, not JSON, wrong shape).
+    Malformed,
+    /// A file path refused by the guard rails (empty, relative, outside `--data-root`).
+    PathRefused,
+}
+
+impl RejectReason {
+    /// The counter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::TooLarge => "too_large",
+            RejectReason::NotAllowed => "not_allowed",
+            RejectReason::Malformed => "malformed",
+            RejectReason::PathRefused => "path_refused",
+        }
+    }
+
+    const ALL: [RejectReason; 4] = [
+        RejectReason::TooLarge,
+        RejectReason::NotAllowed,
+        RejectReason::Malformed,
+        RejectReason::PathRefused,
+    ];
+}
+
+/// Counters shared by every stage; all updates are lock-free but the last
+/// file registered.
+#[derive(Debug, Default)]
+pub struct MonitorStats {
+    pub(crate) datagrams_received: AtomicU64,
+    rejected: [AtomicU64; 4],
+    pub(crate) files_accepted: AtomicU64,
+    pub(crate) files_registered: AtomicU64,
+    pub(crate) files_already_present: AtomicU64,
+    pub(crate) pending_md5: AtomicU64,
+    pub(crate) pending_insert: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+    pub(crate) session_messages: AtomicU64,
+    pub(crate) metadata_messages: AtomicU64,
+    pub(crate) feed_errors: AtomicU64,
+    pub(crate) other_messages: AtomicU64,
+    pub(crate) spool_errors: AtomicU64,
+    pub(crate) database_up: AtomicBool,
+    pub(crate) spool_depth: AtomicU64,
+    last_file: Mutex<Option<String>>,
+    last_database_error: Mutex<Option<String>>,
+}
+
+impl MonitorStats {
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many datagrams were refused for `reason`.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Rows committed to the database so far.
+    pub fn files_registered(&self) -> u64 {
+        self.files_registered.load(Ordering::Relaxed)
+    }
+
+    /// Registrations moved to the dead-letter file so far.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last database operation succeeded.
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_last_file(&self, path: &str) {
+        *self.last_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_owned());
+    }
+
+    pub(crate) fn set_database_error(&self, error: Option<String>) {
+        self.database_up.store(error.is_none(), Ordering::Relaxed);
+        *self
+            .last_database_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Every counter as a JSON object of valid OCS field names, for the `run`
+    /// session's data and the `monitor_stats` feed.
+    pub fn snapshot(&self) -> Map<String, Value> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut map = Map::new();
+        map.insert(
+            "datagrams_received".into(),
+            json!(load(&self.datagrams_received)),
+        );
+        for reason in RejectReason::ALL {
+            map.insert(
+                format!("rejected_{}", reason.name()),
+                json!(self.rejected(reason)),
+            );
+        }
+        for (name, counter) in [
+            ("files_accepted", &self.files_accepted),
+            ("files_registered", &self.files_registered),
+            ("files_already_present", &self.files_already_present),
+            ("pending_md5", &self.pending_md5),
+            ("pending_insert", &self.pending_insert),
+            ("spool_depth", &self.spool_depth),
+            ("dead_letters", &self.dead_letters),
+            ("session_messages", &self.session_messages),
+            ("metadata_messages", &self.metadata_messages),
+            ("feed_errors", &self.feed_errors),
+            ("other_messages", &self.other_messages),
+            ("spool_errors", &self.spool_errors),
+        ] {
+            map.insert(name.into(), json!(load(counter)));
+        }
+        map.insert("database_up".into(), json!(self.database_up()));
+        map
+    }
+
+    /// [`MonitorStats::snapshot`] plus the texts (last file, last database
+    /// error) that only the session data shows (feeds take numbers).
+    pub fn session_data(&self) -> Map<String, Value> {
+        let mut map = self.snapshot();
+        let last_file = self
+            .last_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        map.insert("last_file_registered".into(), json!(last_file));
+        let error = self
+            .last_database_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        map.insert("last_database_error".into(), json!(error));
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_are_valid_ocs_fields_and_counts_move() {
+        let stats = MonitorStats::default();
+        stats.reject(RejectReason::Malformed);
+        stats.reject(RejectReason::Malformed);
+        stats.files_registered.fetch_add(3, Ordering::Relaxed);
+        stats.set_database_error(None);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot["rejected_malformed"], 2);
+        assert_eq!(snapshot["files_registered"], 3);
+        assert_eq!(snapshot["database_up"], true);
+        for key in snapshot.keys() {
+            assert!(ocs_feed::check_field_name(key).is_ok(), "{key}");
+        }
+        stats.set_database_error(Some("gone".into()));
+        stats.set_last_file("/data/a.npy");
+        let data = stats.session_data();
+        assert_eq!(data["database_up"], false);
+        assert_eq!(data["last_database_error"], "gone");
+        assert_eq!(data["last_file_registered"], "/data/a.npy");
+    }
+}
