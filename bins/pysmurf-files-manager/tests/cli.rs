@@ -58,25 +58,6 @@ fn assert_one_line_failure(run: &Run, needle: &str) {
     assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
 }
 
-const COLUMN_LINES: [&str; 16] = [
-    "id",
-    "path",
-    "action",
-    "timestamp",
-    "action_timestamp",
-    "format",
-    "plot",
-    "site",
-    "pub_id",
-    "script_id",
-    "instance_id",
-    "copied",
-    "failed_copy_attempts",
-    "md5sum",
-    "pysmurf_version",
-    "socs_version",
-];
-
 /// create → status → create → drop (refused without --yes) → drop --yes → status.
 fn life_cycle(dir: &Path, env: &[(&str, String)], describe: &str) {
     let status = run(dir, env, &["status"]);
@@ -98,7 +79,7 @@ fn life_cycle(dir: &Path, env: &[(&str, String)], describe: &str) {
         .filter(|line| line.starts_with("  "))
         .map(|line| line.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(columns, COLUMN_LINES);
+    assert_eq!(columns, files_db::COLUMNS);
 
     let again = run(dir, env, &["create"]);
     assert_eq!(again.code, 0);

@@ -343,7 +343,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing(
         }
     }
     let db = FilesDb::connect(&target).await.unwrap();
-    wait_for_rows(&db, EARLY as u64, Duration::from_secs(30)).await;
+    wait_for_rows(&db, EARLY as u64, Duration::from_secs(60)).await;
     // The late ones are spooled and waiting for their files.
     monitor.kill_9();
 
@@ -354,7 +354,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing(
         );
     }
     let restarted = MonitorProcess::start(work, env, &[]);
-    wait_for_rows(&db, (EARLY + LATE) as u64, Duration::from_secs(30)).await;
+    wait_for_rows(&db, (EARLY + LATE) as u64, Duration::from_secs(60)).await;
     for path in expected.keys() {
         let row = only_row(&db, path).await.row;
         assert_eq!(row.md5sum, md5sum_tool(path));
@@ -470,11 +470,21 @@ async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
     )
     .await;
 
+    // Real MariaDB when the test script provides it, as in production.
+    let test_db = TestDatabase::create("monitor_feeds").await;
+    let env: Vec<(&str, String)> = test_db
+        .as_ref()
+        .map(|d| d.env().to_vec())
+        .unwrap_or_default();
     let work = tempfile::tempdir().unwrap();
+    let target = test_db.as_ref().map_or_else(
+        || DbTarget::sqlite(work.path().join("pysmurf_files.db")),
+        |d| d.target().clone(),
+    );
     let hub = router.ws_url();
     let monitor = MonitorProcess::start(
         work.path(),
-        &[],
+        &env,
         &["--site-hub", &hub, "--instance-id", &instance],
     );
     // Joined once its heartbeat is heard.
@@ -580,4 +590,172 @@ async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
     assert_eq!(run["data"]["metadata_messages"], 1, "{client}");
     assert_eq!(run["data"]["database_up"], true, "{client}");
     assert_eq!(monitor.terminate(), 0);
+    let db = FilesDb::connect(&target).await.unwrap();
+    assert_eq!(only_row(&db, &file).await.row.md5sum, md5sum_tool(&file));
+    db.close().await;
+    if let Some(test_db) = test_db {
+        test_db.drop_database().await;
+    }
+}
+
+/// Guard rails: datagrams from outside `--allow-from`, over 64000 bytes, or
+/// naming files outside `--data-root` are refused (the latter dead-lettered),
+/// and every valid registration around them is recorded.
+#[tokio::test]
+async fn guard_rails_refuse_and_the_valid_datagrams_around_them_land() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("data");
+    let outside = work.path().join("secret.txt");
+    write_file(&outside, b"not data");
+    std::fs::create_dir_all(&root).unwrap();
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[],
+        &[
+            "--allow-from",
+            "127.0.0.1/32,::1/128",
+            "--data-root",
+            root.to_str().unwrap(),
+        ],
+    );
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut publisher = monitor.publisher();
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let path = root.join(format!("{i}.dat"));
+        write_file(&path, format!("{i}").as_bytes());
+        let payload = FilePayload::new(path.to_str().unwrap(), "dat");
+        // Refused: a sender outside the allow-list, the same datagram.
+        let datagram = json!({"id": "intruder", "type": "data_file", "payload": payload.to_json()});
+        stranger
+            .send_to(&serde_json::to_vec(&datagram).unwrap(), monitor.udp)
+            .unwrap();
+        // Refused: over the publisher's limit.
+        let huge = json!({"id": "p", "type": "session_log", "payload": "y".repeat(64_100)});
+        publisher
+            .socket()
+            .send_to(&serde_json::to_vec(&huge).unwrap(), monitor.udp)
+            .unwrap();
+        // Refused: a file outside the data root, through `..`.
+        let escape = root.join("../secret.txt");
+        publisher
+            .register_file(&FilePayload::new(escape.to_str().unwrap(), "txt"))
+            .unwrap();
+        publisher.register_file(&payload).unwrap();
+        expected.push(path);
+    }
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 20, Duration::from_secs(20)).await;
+    for path in &expected {
+        assert_eq!(
+            only_row(&db, path).await.row.pub_id.as_deref(),
+            Some("crate1slot2")
+        );
+    }
+    let dead = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&dead).map_or(0, |t| t.lines().count()) < 20 {
+        assert!(Instant::now() < deadline, "20 dead letters for the escapes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&dead).unwrap();
+    assert!(
+        text.lines().all(|l| l.contains("outside the data roots")),
+        "{text}"
+    );
+    assert_eq!(monitor.terminate(), 0);
+    db.close().await;
+}
+
+/// The router killed, restarted, and hung (SIGSTOP) while files keep
+/// coming: every registration is in the table exactly once, and the agent
+/// rejoins each time (its `run` counters reach a real OCSClient afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_failures_never_cost_a_registration() {
+    let Some(venv) = ocs_testing::venv() else {
+        return;
+    };
+    let router = tokio::task::spawn_blocking({
+        let venv = venv.clone();
+        move || ocs_testing::Crossbar::start(&venv).expect("start a router of our own")
+    })
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let instance = format!("pysmurf-monitor-faults-{}", std::process::id());
+    let hub = router.ws_url();
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[],
+        &["--site-hub", &hub, "--instance-id", &instance],
+    );
+    let mut publisher = monitor.publisher();
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    let mut register = |range: std::ops::Range<usize>| {
+        for i in range {
+            let path = work.path().join(format!("data/{i:04}.dat"));
+            write_file(&path, format!("file {i}").as_bytes());
+            publisher
+                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+                .unwrap();
+        }
+    };
+
+    register(0..100);
+    let router = tokio::task::spawn_blocking(move || {
+        router.kill();
+        router
+    })
+    .await
+    .unwrap();
+    register(100..200);
+    wait_for_rows(&db, 200, Duration::from_secs(20)).await;
+    let router = tokio::task::spawn_blocking(move || {
+        router.restart();
+        router.pause();
+        router
+    })
+    .await
+    .unwrap();
+    register(200..300);
+    wait_for_rows(&db, 300, Duration::from_secs(20)).await;
+    router.resume();
+    register(300..400);
+    wait_for_rows(&db, 400, Duration::from_secs(20)).await;
+    for i in 0..400 {
+        only_row(&db, &work.path().join(format!("data/{i:04}.dat"))).await;
+    }
+
+    // Rejoined: a real OCSClient reads the counters of the whole run.
+    let site_file = router.site_file(work.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tokio::process::Command::new(venv.join("bin/python"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/monitor_client.py"))
+            .arg(&site_file)
+            .arg(&instance)
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() {
+            let client: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                client["run"]["session"]["data"]["files_registered"], 400,
+                "{client}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor did not rejoin: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(monitor.terminate(), 0);
+    db.close().await;
 }

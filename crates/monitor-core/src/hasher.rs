@@ -112,7 +112,7 @@ impl FileHasher {
             .iter()
             .map(|root| {
                 root.canonicalize().map_err(|err| {
-                    io::Error::new(err.kind(), format!("data root {}: {err}", root.display()))
+                    io::Error::new(err.kind(), format!("{}: {err}", root.display()))
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;

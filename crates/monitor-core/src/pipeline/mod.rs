@@ -118,7 +118,7 @@ pub enum MonitorError {
     #[error("cannot use the spool")]
     Spool(#[from] crate::spool::SpoolError),
     /// A data root does not exist or cannot be resolved.
-    #[error("bad data root")]
+    #[error("unusable data root")]
     DataRoot(#[source] std::io::Error),
     /// A feed could not be registered on the agent.
     #[error("cannot register feed")]
