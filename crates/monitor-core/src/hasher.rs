@@ -186,7 +186,15 @@ fn md5_within(path: &Path, roots: &[PathBuf]) -> io::Result<Result<[u8; 16], Pat
 
 /// Reads the whole file; a directory or special file is an error, not a hash.
 fn md5_of_file(path: &Path) -> io::Result<[u8; 16]> {
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK (Linux's value): opening a FIFO for reading would otherwise
+    // block until a writer appears, holding a hashing permit forever. It does
+    // not change reads of a regular file, the only kind read below.
+    const O_NONBLOCK: i32 = 0o4000;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         return Err(io::Error::new(
@@ -303,6 +311,24 @@ mod tests {
         assert!(FileHasher::new(1, quick())
             .with_data_roots(&[dir.path().join("missing")])
             .is_err());
+    }
+
+    /// A FIFO is refused at once instead of blocking a hashing thread until
+    /// someone writes to it.
+    #[tokio::test]
+    async fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let hasher = FileHasher::new(1, quick());
+        let result = tokio::time::timeout(Duration::from_secs(5), hasher.md5(&fifo)).await;
+        let err = result.expect("answered without blocking").unwrap_err();
+        assert!(matches!(err, HashError::Unreadable { .. }), "{err}");
+        // The single permit is free again: a regular file still hashes.
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(hasher.md5(&file).await.is_ok());
     }
 
     #[tokio::test]
