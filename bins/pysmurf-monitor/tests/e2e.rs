@@ -76,13 +76,25 @@ impl MonitorProcess {
     }
 
     /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> i32 {
+    fn terminate(self) -> i32 {
+        self.terminate_with_counters().0
+    }
+
+    /// SIGTERM, then the exit code and the counters of the monitor's last
+    /// log line (`pipeline stopped counters={...}`).
+    fn terminate_with_counters(mut self) -> (i32, serde_json::Value) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         let status = self.child.wait().unwrap();
-        status.code().unwrap_or(-1)
+        let counters = std::iter::from_fn(|| self.log.recv_timeout(Duration::from_secs(5)).ok())
+            .find_map(|line| {
+                let json = line.split_once("pipeline stopped counters=")?.1;
+                serde_json::from_str(json).ok()
+            })
+            .unwrap_or_default();
+        (status.code().unwrap_or(-1), counters)
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -757,5 +769,156 @@ async fn router_failures_never_cost_a_registration() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(monitor.terminate(), 0);
+    db.close().await;
+}
+
+/// Every class of bad input: the monitor keeps running, each refusal is
+/// counted under its reason, bad registrations are dead-lettered with a
+/// reason, and every valid registration sent between them is recorded.
+#[tokio::test]
+async fn bad_input_is_refused_counted_and_loses_nothing_around_it() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("data");
+    std::fs::create_dir_all(root.join("a_directory")).unwrap();
+    let secret = work.path().join("secret.txt");
+    write_file(&secret, b"outside the data root");
+    std::os::unix::fs::symlink(&secret, root.join("link_out")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(root.join("fifo"))
+        .status()
+        .unwrap()
+        .success());
+    let too_long = root
+        .join("d".repeat(200))
+        .join("e".repeat(60))
+        .join("too_long.txt");
+    assert!(too_long.as_os_str().len() > 260);
+    write_file(&too_long, b"a path longer than the column");
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[],
+        &["--data-root", root.to_str().unwrap(), "--file-wait", "1"],
+    );
+    let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut publisher = monitor.publisher();
+
+    let malformed: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\xff\xfe\xfd".to_vec(),
+        b"not json".to_vec(),
+        br#"{"id": "p", "type": "data_file", "payload": {"path": "/x"#.to_vec(),
+        b"[1, 2, 3]".to_vec(),
+        br#""a string""#.to_vec(),
+        b"42".to_vec(),
+        br#"{"type": "data_file", "payload": {"path": "/x"}}"#.to_vec(),
+        br#"{"id": "p", "payload": {"path": "/x"}}"#.to_vec(),
+        br#"{"id": "p", "type": "data_file"}"#.to_vec(),
+        br#"{"id": 5, "type": "data_file", "payload": {"path": "/x"}}"#.to_vec(),
+        br#"{"id": "p", "type": "data_file", "payload": {"path": 7}}"#.to_vec(),
+        br#"{"id": "p", "type": "data_file", "payload": {}}"#.to_vec(),
+        br#"{"id": "p", "type": "data_file", "payload": {"path": "/x", "plot": "yes"}}"#.to_vec(),
+        br#"{"id": "p", "type": "data_file", "payload": {"path": "/x", "timestamp": {"a": 1}}}"#
+            .to_vec(),
+        br#"{"id": "p", "type": "metadata", "payload": {"path": "a", "type": "int"}}"#.to_vec(),
+    ];
+    let refused_paths = [
+        String::new(),
+        "relative/file.txt".to_owned(),
+        root.join("../secret.txt").display().to_string(),
+        root.join("link_out").display().to_string(),
+    ];
+    let unreadable = [root.join("a_directory"), root.join("fifo")];
+
+    let mut valid: Vec<std::path::PathBuf> = Vec::new();
+    let mut sent = 0u64;
+    let register_valid = |publisher: &mut Publisher, valid: &mut Vec<std::path::PathBuf>| {
+        let path = root.join(format!("valid_{}.dat", valid.len()));
+        write_file(&path, format!("valid {}", valid.len()).as_bytes());
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+            .unwrap();
+        valid.push(path);
+    };
+    for bytes in &malformed {
+        raw.send_to(bytes, monitor.udp).unwrap();
+        register_valid(&mut publisher, &mut valid);
+        sent += 2;
+    }
+    // The largest UDP payload there is: over the publisher's limit.
+    raw.send_to(&vec![b' '; 65_507], monitor.udp).unwrap();
+    sent += 1;
+    for path in &refused_paths {
+        publisher
+            .register_file(&FilePayload::new(path.as_str(), "txt"))
+            .unwrap();
+        register_valid(&mut publisher, &mut valid);
+        sent += 2;
+    }
+    for path in unreadable.iter().chain([&too_long]) {
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "txt"))
+            .unwrap();
+        register_valid(&mut publisher, &mut valid);
+        sent += 2;
+    }
+    // 10,000 distinct unknown types, paced under the kernel's socket buffer.
+    for i in 0..10_000 {
+        publisher
+            .publish(&format!("unknown_type_{i}"), &json!({"i": i}))
+            .unwrap();
+        if i % 500 == 499 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    sent += 10_000;
+    register_valid(&mut publisher, &mut valid);
+    sent += 1;
+
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, valid.len() as u64, Duration::from_secs(30)).await;
+    for path in &valid {
+        only_row(&db, path).await;
+    }
+    let dead_letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
+    let expected_dead = refused_paths.len() + unreadable.len() + 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&dead_letters).map_or(0, |t| t.lines().count()) < expected_dead {
+        assert!(Instant::now() < deadline, "{expected_dead} dead letters");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letters = std::fs::read_to_string(&dead_letters).unwrap();
+    for reason in [
+        "empty path",
+        "relative path",
+        "outside the data roots",
+        "cannot read",
+        "rejected by the database",
+    ] {
+        assert!(
+            letters.contains(reason),
+            "no dead letter says {reason:?}:\n{letters}"
+        );
+    }
+
+    let (code, counters) = monitor.terminate_with_counters();
+    assert_eq!(code, 0);
+    assert_eq!(counters["datagrams_received"], sent, "{counters}");
+    assert_eq!(
+        counters["rejected_malformed"],
+        malformed.len(),
+        "{counters}"
+    );
+    assert_eq!(counters["rejected_too_large"], 1, "{counters}");
+    assert_eq!(
+        counters["rejected_path_refused"],
+        refused_paths.len(),
+        "{counters}"
+    );
+    assert_eq!(counters["other_messages"], 10_000, "{counters}");
+    assert_eq!(counters["dead_letters"], expected_dead, "{counters}");
+    assert_eq!(counters["files_registered"], valid.len(), "{counters}");
+    assert_eq!(counters["spool_depth"], 0, "{counters}");
     db.close().await;
 }

@@ -111,9 +111,8 @@ impl FileHasher {
         let resolved = roots
             .iter()
             .map(|root| {
-                root.canonicalize().map_err(|err| {
-                    io::Error::new(err.kind(), format!("{}: {err}", root.display()))
-                })
+                root.canonicalize()
+                    .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", root.display())))
             })
             .collect::<io::Result<Vec<_>>>()?;
         self.data_roots = Arc::new(resolved);

@@ -192,6 +192,9 @@ impl Monitor {
             agent.register_feed(SESSION_FEED, FeedOptions::default())?;
             agent.register_feed(STATS_FEED, FeedOptions::recorded(json!({}), 0.0))?;
         }
+        let stats = Arc::new(MonitorStats::default());
+        // Up until an operation says otherwise: `run` must not start degraded.
+        stats.set_database_error(None);
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
@@ -201,7 +204,7 @@ impl Monitor {
                 dead_letters: DeadLetters::new(spool_dir.join("dead_letters.jsonl")),
                 hasher,
                 options,
-                stats: Arc::new(MonitorStats::default()),
+                stats,
                 limiter: LogLimiter::default(),
                 metadata_feeds: Default::default(),
             }),
@@ -289,11 +292,13 @@ impl Monitor {
             tracker.wait().await;
         }
         shared.spool.close().await;
-        tracing::info!(
-            files_registered = shared.stats.files_registered(),
-            spool_depth = shared.spool.depth(),
-            "pipeline stopped"
-        );
+        shared
+            .stats
+            .spool_depth
+            .store(shared.spool.depth(), Ordering::Relaxed);
+        // Every counter, as JSON: what the run did, for the operator's log.
+        let counters = Value::Object(shared.stats.snapshot());
+        tracing::info!(%counters, "pipeline stopped");
     }
 }
 
