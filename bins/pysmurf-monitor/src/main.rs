@@ -79,6 +79,10 @@ struct Args {
     /// Seconds to wait for an announced file that does not exist yet before dead-lettering it.
     #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
     file_wait: f64,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 impl HasSiteArgs for Args {
@@ -97,7 +101,6 @@ fn parse_python_bool(value: &str) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let (args, site) = match parse_args() {
         Ok(parsed) => parsed,
         Err(SiteError::Args(err)) => err.exit(),
@@ -106,6 +109,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(err) = init_logging(args.log_format, site.log_dir.as_deref(), &site.instance_id) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -117,25 +124,67 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging() {
-    // RUST_LOG as usual; LOGLEVEL (OCS agents' variable) as a plain level.
+/// Logs to stderr, and also to `<log dir>/<instance id>.log` when
+/// `--log-dir` (or the site file's `log-dir`) is given, as OCS agents do.
+/// `RUST_LOG` filters as usual; OCS's `LOGLEVEL` is honoured as a plain level.
+fn init_logging(
+    format: LogFormat,
+    log_dir: Option<&std::path::Path>,
+    instance_id: &str,
+) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+    use tracing_subscriber::prelude::*;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
             let level = std::env::var("LOGLEVEL").unwrap_or_else(|_| "info".to_owned());
             tracing_subscriber::EnvFilter::try_new(level.to_lowercase())
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let (writer, ansi) = match log_dir {
+        Some(dir) => {
+            let path = dir.join(format!("{instance_id}.log"));
+            let file = std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                })
+                .map_err(|err| format!("cannot open the log file {}: {err}", path.display()))?;
+            (
+                BoxMakeWriter::new(std::io::stderr.and(std::sync::Arc::new(file))),
+                false,
+            )
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    Ok(())
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 /// OCS's argument rules; with no site file at all, the local defaults fill
