@@ -922,3 +922,93 @@ async fn bad_input_is_refused_counted_and_loses_nothing_around_it() {
     assert_eq!(counters["spool_depth"], 0, "{counters}");
     db.close().await;
 }
+
+/// The table dropped under a running monitor (a database restored without
+/// it): with `--create-table` the monitor recreates it and every later
+/// registration lands exactly once.
+#[tokio::test]
+async fn a_dropped_table_is_recreated_and_nothing_after_is_lost() {
+    let Some(test_db) = TestDatabase::create("monitor_table_dropped").await else {
+        return;
+    };
+    let env: Vec<(&str, String)> = test_db.env().to_vec();
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &env, &["--create-table", "True"]);
+    let mut publisher = monitor.publisher();
+    let db = FilesDb::connect(test_db.target()).await.unwrap();
+    let mut register = |range: std::ops::Range<usize>| {
+        for i in range {
+            let path = work.path().join(format!("data/{i:04}.dat"));
+            write_file(&path, format!("file {i}").as_bytes());
+            publisher
+                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+                .unwrap();
+        }
+    };
+    register(0..20);
+    wait_for_rows(&db, 20, Duration::from_secs(20)).await;
+    test_db.query_text("DROP TABLE pysmurf_files_v1").await;
+    register(20..60);
+    wait_for_rows(&db, 40, Duration::from_secs(30)).await;
+    for i in 20..60 {
+        only_row(&db, &work.path().join(format!("data/{i:04}.dat"))).await;
+    }
+    assert_eq!(monitor.terminate(), 0);
+    db.close().await;
+    test_db.drop_database().await;
+}
+
+/// A second monitor with the same instance-id on the same router refuses
+/// to run, as OCS agents do, and says why; the first keeps recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_with_the_same_instance_id_exits_with_a_clear_error() {
+    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let instance = format!("pysmurf-monitor-twin-{}", std::process::id());
+    let hub = router.ws_url();
+    let args = [
+        "--site-hub",
+        hub.as_str(),
+        "--instance-id",
+        instance.as_str(),
+    ];
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = MonitorProcess::start(first_dir.path(), &[], &args);
+    // Wait until the first has joined (its startup ops start then).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::iter::from_fn(|| first.log.try_recv().ok()).any(|l| l.contains("joined")) {
+        assert!(Instant::now() < deadline, "the first monitor did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut second = MonitorProcess::start(second_dir.path(), &[], &args);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = second.child.wait().unwrap();
+        let log: Vec<String> = std::iter::from_fn(|| second.log.try_recv().ok()).collect();
+        (status, log)
+    })
+    .await
+    .unwrap();
+    assert_ne!(status.0.code(), Some(0), "the twin must not run");
+    assert!(
+        status.1.iter().any(|l| l.contains("already running")),
+        "{:?}",
+        status.1
+    );
+
+    let file = first_dir.path().join("data/a.dat");
+    write_file(&file, b"a");
+    first
+        .publisher()
+        .register_file(&FilePayload::new(file.to_str().unwrap(), "dat"))
+        .unwrap();
+    let db = FilesDb::connect(&DbTarget::sqlite(first_dir.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 1, Duration::from_secs(20)).await;
+    assert_eq!(first.terminate(), 0);
+    db.close().await;
+}
