@@ -154,6 +154,22 @@ async fn wait_for_rows(db: &FilesDb, count: u64, within: Duration) {
     }
 }
 
+/// Writes and registers `<dir>/data/NNNN.dat` for each number of `range`.
+fn register_numbered(publisher: &mut Publisher, dir: &Path, range: std::ops::Range<usize>) {
+    for i in range {
+        let path = numbered(dir, i);
+        write_file(&path, format!("file {i}").as_bytes());
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+            .unwrap();
+    }
+}
+
+/// The file [`register_numbered`] writes for `i`.
+fn numbered(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("data/{i:04}.dat"))
+}
+
 async fn only_row(db: &FilesDb, path: &Path) -> StoredFile {
     let mut rows = db.files_by_path(path.to_str().unwrap()).await.unwrap();
     assert_eq!(rows.len(), 1, "exactly one row for {}", path.display());
@@ -423,15 +439,7 @@ async fn a_database_outage_delays_rows_but_loses_and_doubles_none() {
     let monitor = MonitorProcess::start(work.path(), &monitor_env, &[]);
     let mut publisher = monitor.publisher();
     let direct = FilesDb::connect(test_db.target()).await.unwrap();
-    let mut register = |range: std::ops::Range<usize>| {
-        for i in range {
-            let path = work.path().join(format!("data/{i:04}.dat"));
-            write_file(&path, format!("file {i}").as_bytes());
-            publisher
-                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
-                .unwrap();
-        }
-    };
+    let mut register = |range| register_numbered(&mut publisher, work.path(), range);
 
     register(0..50);
     wait_for_rows(&direct, 50, Duration::from_secs(20)).await;
@@ -448,7 +456,7 @@ async fn a_database_outage_delays_rows_but_loses_and_doubles_none() {
     proxy.open();
     wait_for_rows(&direct, 150, Duration::from_secs(60)).await;
     for i in 0..150 {
-        only_row(&direct, &work.path().join(format!("data/{i:04}.dat"))).await;
+        only_row(&direct, &numbered(work.path(), i)).await;
     }
     assert_eq!(monitor.terminate(), 0);
     direct.close().await;
@@ -707,15 +715,7 @@ async fn router_failures_never_cost_a_registration() {
     let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
         .await
         .unwrap();
-    let mut register = |range: std::ops::Range<usize>| {
-        for i in range {
-            let path = work.path().join(format!("data/{i:04}.dat"));
-            write_file(&path, format!("file {i}").as_bytes());
-            publisher
-                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
-                .unwrap();
-        }
-    };
+    let mut register = |range| register_numbered(&mut publisher, work.path(), range);
 
     register(0..100);
     let router = tokio::task::spawn_blocking(move || {
@@ -739,7 +739,7 @@ async fn router_failures_never_cost_a_registration() {
     register(300..400);
     wait_for_rows(&db, 400, Duration::from_secs(20)).await;
     for i in 0..400 {
-        only_row(&db, &work.path().join(format!("data/{i:04}.dat"))).await;
+        only_row(&db, &numbered(work.path(), i)).await;
     }
 
     // Rejoined: a real OCSClient reads the counters of the whole run.
@@ -936,22 +936,14 @@ async fn a_dropped_table_is_recreated_and_nothing_after_is_lost() {
     let monitor = MonitorProcess::start(work.path(), &env, &["--create-table", "True"]);
     let mut publisher = monitor.publisher();
     let db = FilesDb::connect(test_db.target()).await.unwrap();
-    let mut register = |range: std::ops::Range<usize>| {
-        for i in range {
-            let path = work.path().join(format!("data/{i:04}.dat"));
-            write_file(&path, format!("file {i}").as_bytes());
-            publisher
-                .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
-                .unwrap();
-        }
-    };
+    let mut register = |range| register_numbered(&mut publisher, work.path(), range);
     register(0..20);
     wait_for_rows(&db, 20, Duration::from_secs(20)).await;
     test_db.query_text("DROP TABLE pysmurf_files_v1").await;
     register(20..60);
     wait_for_rows(&db, 40, Duration::from_secs(30)).await;
     for i in 20..60 {
-        only_row(&db, &work.path().join(format!("data/{i:04}.dat"))).await;
+        only_row(&db, &numbered(work.path(), i)).await;
     }
     assert_eq!(monitor.terminate(), 0);
     db.close().await;
