@@ -77,24 +77,27 @@ impl MonitorProcess {
 
     /// SIGTERM, then the exit code.
     fn terminate(self) -> i32 {
-        self.terminate_with_counters().0
+        self.terminate_with_log().0
     }
 
-    /// SIGTERM, then the exit code and the counters of the monitor's last
-    /// log line (`pipeline stopped counters={...}`).
-    fn terminate_with_counters(mut self) -> (i32, serde_json::Value) {
+    /// SIGTERM, then the exit code, the counters of the monitor's last log
+    /// line (`pipeline stopped counters={...}`) and every log line since start-up.
+    fn terminate_with_log(mut self) -> (i32, serde_json::Value, Vec<String>) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         let status = self.child.wait().unwrap();
-        let counters = std::iter::from_fn(|| self.log.recv_timeout(Duration::from_secs(5)).ok())
+        // The reader thread ends with the child's stderr, closing the channel.
+        let lines: Vec<String> = self.log.iter().collect();
+        let counters = lines
+            .iter()
             .find_map(|line| {
                 let json = line.split_once("pipeline stopped counters=")?.1;
                 serde_json::from_str(json).ok()
             })
             .unwrap_or_default();
-        (status.code().unwrap_or(-1), counters)
+        (status.code().unwrap_or(-1), counters, lines)
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -902,8 +905,15 @@ async fn bad_input_is_refused_counted_and_loses_nothing_around_it() {
         );
     }
 
-    let (code, counters) = monitor.terminate_with_counters();
+    let (code, counters, log) = monitor.terminate_with_log();
     assert_eq!(code, 0);
+    // One line per (sender, reason) a minute, not one per datagram: the raw
+    // socket's malformed and too-large datagrams, the publisher's refused paths.
+    let refusals: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("datagram refused"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:#?}");
     assert_eq!(counters["datagrams_received"], sent, "{counters}");
     assert_eq!(
         counters["rejected_malformed"],
