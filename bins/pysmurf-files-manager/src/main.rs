@@ -1,5 +1,9 @@
 //! `pysmurf-files-manager`: create, drop and inspect the `pysmurf_files_v<N>`
-//! table outside the monitor agent. Each subcommand is one `files_db` call.
+//! table outside the monitor agent, list its recent rows, backfill files the
+//! monitor missed, and replay the monitor's dead letters. Each subcommand is a
+//! short function over `files_db` (and `monitor_core`) calls; backfill's
+//! walking and path derivation live in [`backfill`], the dead-letter replay in
+//! [`replay`], the listing's formats in [`list`].
 //!
 //! The database is chosen as the monitor chooses it: `--db-url`, else the
 //! `MYSQL_*` environment (MariaDB), else the SQLite file `--sqlite-file`.
@@ -13,15 +17,20 @@
     reason = "doc comments here are clap help texts, where [:PORT] means optional"
 )]
 
+mod backfill;
+mod list;
+mod replay;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use files_db::{Backend, CreateOutcome, DbStatus, DbTarget, DropOutcome, FilesDb};
+use files_db::{Backend, CreateOutcome, DbStatus, DbTarget, DropOutcome, FileFilter, FilesDb};
 
-/// Create, drop and inspect the pysmurf_files table of the files database.
+/// Create, drop and inspect the pysmurf_files table of the files database,
+/// list its rows, backfill missed files and replay the monitor's dead letters.
 ///
 /// The database is MariaDB when --db-url or any of MYSQL_HOST, MYSQL_PORT,
 /// MYSQL_DATABASE (default "files"), MYSQL_USER, MYSQL_PASSWORD is given, and
@@ -60,9 +69,80 @@ enum Command {
         yes: bool,
     },
     /// Show the pysmurf_files tables present, their row counts and columns.
+    ///
     /// Exits non-zero when the current version's table is absent.
     Status,
+    /// List the most recently recorded rows, newest first.
+    List {
+        /// Show at most N rows.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: u32,
+        /// Only rows of this pysmurf action, e.g. tune_band.
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+        /// Only rows of this publisher id, e.g. crate1slot2.
+        #[arg(long, value_name = "PUB_ID")]
+        pub_id: Option<String>,
+        /// Only rows whose path starts with PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        path_prefix: Option<String>,
+        /// One JSON object per row (md5sum in hex, timestamp in RFC 3339 UTC)
+        /// instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record files missed while the monitor or the database was down.
+    ///
+    /// Walks DIR... and adds every regular file not already recorded with the
+    /// same path and md5sum.
+    ///
+    /// action, action_timestamp, pub_id and plot come from pysmurf's layout
+    /// <data>/<ctime5>/[<pub_id>/]<action_ts>_<action>/{outputs,plots}/FILE
+    /// (NULL for files outside it), format from the file's extension, and
+    /// timestamp from the file's modification time. Symbolic links are not
+    /// followed. Exits non-zero when any file failed (the rest are added).
+    Backfill {
+        /// Directories (or files) to record.
+        #[arg(value_name = "DIR", required = true)]
+        dirs: Vec<PathBuf>,
+        /// The site column of the rows added.
+        #[arg(long, value_name = "SITE", default_value = "observatory")]
+        site: String,
+        /// The instance_id column of the rows added.
+        #[arg(long, value_name = "ID", default_value = "pysmurf-files-manager")]
+        instance_id: String,
+        /// Files hashed at once.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        jobs: usize,
+        /// Report what would be added; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Record the file registrations of a monitor dead-letter file.
+    ///
+    /// Each data_file / g3_file datagram's row is rebuilt with the file's
+    /// md5sum now and inserted unless already present. Lines that still fail
+    /// are written, with the new reason, to FILE.remaining; FILE is never
+    /// changed. Exits non-zero when any line still fails.
+    ReplayDeadLetters {
+        /// The dead-letter file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The site column of the rows added.
+        #[arg(long, value_name = "SITE", default_value = "observatory")]
+        site: String,
+        /// The instance_id column of the rows added.
+        #[arg(long, value_name = "ID", default_value = "pysmurf-files-manager")]
+        instance_id: String,
+        /// Only read files that resolve under DIR (repeatable), as the
+        /// monitor's --data-root does.
+        #[arg(long, value_name = "DIR")]
+        data_root: Vec<PathBuf>,
+    },
 }
+
+/// The socs_version column of the rows this program adds.
+const PROGRAM: &str = concat!("pysmurf-files-manager ", env!("CARGO_PKG_VERSION"));
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -99,6 +179,47 @@ async fn run(args: Args) -> Result<()> {
         Command::Create => create(&target).await,
         Command::Drop { yes } => drop(&target, yes).await,
         Command::Status => status(&target).await,
+        Command::List {
+            limit,
+            action,
+            pub_id,
+            path_prefix,
+            json,
+        } => {
+            let filter = FileFilter {
+                action,
+                pub_id,
+                path_prefix,
+            };
+            list(&target, &filter, limit, json).await
+        }
+        Command::Backfill {
+            dirs,
+            site,
+            instance_id,
+            jobs,
+            dry_run,
+        } => {
+            let recorder = recorder(site, instance_id);
+            backfill(&target, &dirs, &recorder, jobs, dry_run).await
+        }
+        Command::ReplayDeadLetters {
+            file,
+            site,
+            instance_id,
+            data_root,
+        } => {
+            let recorder = recorder(site, instance_id);
+            replay_dead_letters(&target, &file, &recorder, &data_root).await
+        }
+    }
+}
+
+fn recorder(site: String, instance_id: String) -> monitor_core::Recorder {
+    monitor_core::Recorder {
+        site,
+        instance_id,
+        program: PROGRAM.to_owned(),
     }
 }
 
@@ -211,4 +332,89 @@ fn render_status(status: &DbStatus) -> String {
         }
     }
     out
+}
+
+async fn list(target: &DbTarget, filter: &FileFilter, limit: u32, json: bool) -> Result<()> {
+    let db = FilesDb::connect_existing(target).await?;
+    let rows = db.recent_files(filter, limit).await?;
+    db.close().await;
+    if json {
+        for row in &rows {
+            println!("{}", list::json_line(row));
+        }
+    } else if rows.is_empty() {
+        println!("no matching rows in {} of {target}", db.table());
+    } else {
+        print!("{}", list::table(&rows));
+    }
+    Ok(())
+}
+
+async fn backfill(
+    target: &DbTarget,
+    dirs: &[PathBuf],
+    recorder: &monitor_core::Recorder,
+    jobs: usize,
+    dry_run: bool,
+) -> Result<()> {
+    let db = FilesDb::connect_existing(target).await?;
+    let walk = backfill::walk(dirs)?;
+    let options = backfill::Options {
+        recorder,
+        jobs,
+        dry_run,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let outcome = backfill::record(&db, walk, &options).await;
+    db.close().await;
+    let summary = outcome?;
+    print!("{}", summary.render(dry_run));
+    if !summary.failed.is_empty() {
+        bail!(
+            "{} could not be backfilled (listed above); the others were {}",
+            files(summary.failed.len()),
+            if dry_run { "checked" } else { "recorded" }
+        );
+    }
+    Ok(())
+}
+
+async fn replay_dead_letters(
+    target: &DbTarget,
+    file: &std::path::Path,
+    recorder: &monitor_core::Recorder,
+    data_roots: &[PathBuf],
+) -> Result<()> {
+    let letters = replay::read(file)?;
+    let hasher = replay::hasher(data_roots)?;
+    let db = FilesDb::connect_existing(target).await?;
+    let outcome = replay::replay(&db, &hasher, &letters, recorder).await;
+    db.close().await;
+    let summary = outcome?;
+    let remaining = replay::write_remaining(file, &summary.remaining)?;
+    print!("{}", summary.render(&remaining));
+    if !summary.remaining.is_empty() {
+        bail!(
+            "{} still {} (written to {})",
+            match summary.remaining.len() {
+                1 => "1 dead letter".to_owned(),
+                n => format!("{n} dead letters"),
+            },
+            if summary.remaining.len() == 1 {
+                "fails"
+            } else {
+                "fail"
+            },
+            remaining.display()
+        );
+    }
+    Ok(())
+}
+
+/// "1 file", "2 files".
+fn files(count: usize) -> String {
+    match count {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    }
 }

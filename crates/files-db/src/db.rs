@@ -98,6 +98,22 @@ macro_rules! stored_file_from_row {
     }};
 }
 
+/// Which rows [`FilesDb::recent_files`] returns: those whose `action` and
+/// `pub_id` equal the given values and whose `path` starts with
+/// `path_prefix` (each `None`: no condition). `%`, `_` and `!` in the prefix
+/// match themselves; whether letter case matters is the database's rule for
+/// the column (MariaDB's default collation and SQLite's `LIKE` ignore ASCII
+/// case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFilter {
+    /// Only rows of this pysmurf action.
+    pub action: Option<String>,
+    /// Only rows of this publisher id.
+    pub pub_id: Option<String>,
+    /// Only rows whose path starts with this.
+    pub path_prefix: Option<String>,
+}
+
 /// What [`FilesDb::create_table`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -439,6 +455,139 @@ impl FilesDb {
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(fail)
         })
+    }
+
+    /// The most recently recorded rows (highest `id` first), at most `limit`
+    /// of them, that pass `filter`. Every value is a bound parameter; `%`, `_` and `!` in the
+    /// prefix match themselves. Whether letter case matters is the database's
+    /// rule for the column (MariaDB's default collation and SQLite's `LIKE`
+    /// ignore ASCII case).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use files_db::{DbTarget, FileFilter, FileRow, FilesDb};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let db = FilesDb::connect(&DbTarget::sqlite(dir.path().join("files.db"))).await.unwrap();
+    /// db.create_table().await.unwrap();
+    /// let mut tune = FileRow::new("/data/b_tune.npy", [2; 16]);
+    /// tune.action = Some("tune".into());
+    /// db.insert_files(&[FileRow::new("/data/a.npy", [1; 16]), tune]).await.unwrap();
+    ///
+    /// let newest = db.recent_files(&FileFilter::default(), 1).await.unwrap();
+    /// assert_eq!(newest[0].row.path, "/data/b_tune.npy");
+    /// let filter = FileFilter {
+    ///     action: Some("tune".into()),
+    ///     path_prefix: Some("/data/".into()),
+    ///     ..FileFilter::default()
+    /// };
+    /// let tunes = db.recent_files(&filter, 20).await.unwrap();
+    /// assert_eq!(tunes.len(), 1);
+    /// # });
+    /// ```
+    pub async fn recent_files(
+        &self,
+        filter: &FileFilter,
+        limit: u32,
+    ) -> Result<Vec<StoredFile>, DbError> {
+        let (action, pub_id) = (filter.action.as_deref(), filter.pub_id.as_deref());
+        let path_prefix = filter.path_prefix.as_deref();
+        let fail = |e| self.error(format!("read recent rows from {}", self.table), e);
+        let pattern = path_prefix.map(|prefix| {
+            let mut pattern = String::with_capacity(prefix.len() + 1);
+            for c in prefix.chars() {
+                if matches!(c, '!' | '%' | '_') {
+                    pattern.push('!');
+                }
+                pattern.push(c);
+            }
+            pattern.push('%');
+            pattern
+        });
+        with_pool!(self, |pool| {
+            let mut query = QueryBuilder::new(format!(
+                "SELECT id, {INSERT_COLUMNS} FROM {} WHERE 1 = 1",
+                self.table
+            ));
+            if let Some(action) = action {
+                query.push(" AND action = ").push_bind(action);
+            }
+            if let Some(pub_id) = pub_id {
+                query.push(" AND pub_id = ").push_bind(pub_id);
+            }
+            if let Some(pattern) = pattern.as_deref() {
+                // '!' rather than a backslash: the escape literal then reads the
+                // same to MariaDB and SQLite.
+                query
+                    .push(" AND path LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '!'");
+            }
+            query
+                .push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(limit));
+            let rows = query.build().fetch_all(pool).await.map_err(fail)?;
+            rows.iter()
+                .map(|row| Ok(stored_file_from_row!(row)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(fail)
+        })
+    }
+
+    /// The (path, md5sum) pairs stored for any of `paths`: what a backfill
+    /// checks to skip files already recorded with the same content. Reads
+    /// in chunks of 1,000 paths.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use files_db::{DbTarget, FileRow, FilesDb};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let db = FilesDb::connect(&DbTarget::sqlite(dir.path().join("files.db"))).await.unwrap();
+    /// db.create_table().await.unwrap();
+    /// db.insert_files(&[FileRow::new("/data/a.npy", [1; 16])]).await.unwrap();
+    ///
+    /// let stored = db.stored_md5s(&["/data/a.npy", "/data/b.npy"]).await.unwrap();
+    /// assert!(stored.contains(&("/data/a.npy".to_owned(), [1; 16])));
+    /// assert_eq!(stored.len(), 1);
+    /// # });
+    /// ```
+    pub async fn stored_md5s<P: AsRef<str>>(
+        &self,
+        paths: &[P],
+    ) -> Result<HashSet<(String, [u8; 16])>, DbError> {
+        let fail = |e| {
+            self.error(
+                format!(
+                    "read the md5sums of {} paths from {}",
+                    paths.len(),
+                    self.table
+                ),
+                e,
+            )
+        };
+        let mut stored = HashSet::new();
+        for chunk in paths.chunks(ROWS_PER_STATEMENT) {
+            let found: Vec<(String, Vec<u8>)> = with_pool!(self, |pool| {
+                let mut query = QueryBuilder::new(format!(
+                    "SELECT path, md5sum FROM {} WHERE path IN (",
+                    self.table
+                ));
+                let mut list = query.separated(", ");
+                for path in chunk {
+                    list.push_bind(path.as_ref());
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(pool).await.map_err(fail)?
+            });
+            for (path, md5) in found {
+                // A malformed digest cannot equal a file's; it is not a match.
+                if let Ok(md5) = <[u8; 16]>::try_from(md5) {
+                    stored.insert((path, md5));
+                }
+            }
+        }
+        Ok(stored)
     }
 
     /// Closes every connection of the pool.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use files_db::testing::TestDatabase;
 use files_db::{
-    Backend, CreateOutcome, DbTarget, DropOutcome, FailureKind, FileRow, FilesDb, InsertSummary,
-    COLUMNS,
+    Backend, CreateOutcome, DbTarget, DropOutcome, FailureKind, FileFilter, FileRow, FilesDb,
+    InsertSummary, COLUMNS,
 };
 
 /// A database of one backend, dropped (MariaDB) or deleted (SQLite) at the end.
@@ -67,6 +67,15 @@ where
         if let Ok(scratch) = Arc::try_unwrap(scratch) {
             scratch.finish().await;
         }
+    }
+}
+
+/// A [`FileFilter`] from its three optional conditions.
+fn filter(action: Option<&str>, pub_id: Option<&str>, path_prefix: Option<&str>) -> FileFilter {
+    FileFilter {
+        action: action.map(str::to_owned),
+        pub_id: pub_id.map(str::to_owned),
+        path_prefix: path_prefix.map(str::to_owned),
     }
 }
 
@@ -459,4 +468,121 @@ async fn connection_failures_are_classified() {
         "{err}"
     );
     test_db.drop_database().await;
+}
+
+#[tokio::test]
+async fn recent_files_are_newest_first_filtered_and_limited() {
+    on_each_backend("recent_files", |db, _scratch| async move {
+        db.create_table().await.unwrap();
+        assert!(db
+            .recent_files(&filter(None, None, None), 20)
+            .await
+            .unwrap()
+            .is_empty());
+        let mut rows: Vec<FileRow> = (0..6).map(full_row).collect();
+        rows[1].action = Some("take_iv".into());
+        rows[2].pub_id = Some("crate2slot3".into());
+        rows[3].path = "/other/100%_done/x.txt".into();
+        rows[4].path = "/other/100a_done/y.txt".into();
+        rows[5].action = None;
+        rows[5].pub_id = None;
+        db.insert_files(&rows).await.unwrap();
+
+        let paths = |stored: Vec<files_db::StoredFile>| -> Vec<String> {
+            stored.into_iter().map(|s| s.row.path).collect()
+        };
+        let all = db
+            .recent_files(&filter(None, None, None), 20)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 6);
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert_eq!(all[0].row.path, rows[5].path);
+        let mut expected = rows[0].clone();
+        expected.timestamp = Some(Utc.timestamp_opt(1_700_000_123, 0).unwrap());
+        assert_eq!(all[5].row, expected, "every column is read back");
+
+        let two = db.recent_files(&filter(None, None, None), 2).await.unwrap();
+        assert_eq!(paths(two), [rows[5].path.clone(), rows[4].path.clone()]);
+        assert!(db
+            .recent_files(&filter(None, None, None), 0)
+            .await
+            .unwrap()
+            .is_empty());
+
+        let iv = db
+            .recent_files(&filter(Some("take_iv"), None, None), 20)
+            .await
+            .unwrap();
+        assert_eq!(paths(iv), [rows[1].path.clone()]);
+        let crate2 = db
+            .recent_files(&filter(None, Some("crate2slot3"), None), 20)
+            .await
+            .unwrap();
+        assert_eq!(paths(crate2), [rows[2].path.clone()]);
+        let tune_crate1 = db
+            .recent_files(&filter(Some("tune_band"), Some("crate1slot2"), None), 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            paths(tune_crate1),
+            [
+                rows[4].path.clone(),
+                rows[3].path.clone(),
+                rows[0].path.clone()
+            ]
+        );
+
+        // Wildcards in the prefix match only themselves.
+        let percent = db
+            .recent_files(&filter(None, None, Some("/other/100%")), 20)
+            .await
+            .unwrap();
+        assert_eq!(paths(percent), [rows[3].path.clone()]);
+        let other = db
+            .recent_files(&filter(None, None, Some("/other/")), 1)
+            .await
+            .unwrap();
+        assert_eq!(paths(other), [rows[4].path.clone()]);
+        let data = db
+            .recent_files(&filter(None, None, Some("/data/smurf_data/")), 20)
+            .await
+            .unwrap();
+        assert_eq!(data.len(), 4);
+        assert!(db
+            .recent_files(&filter(None, None, Some("/data/smurf_data/_")), 20)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(db
+            .recent_files(&filter(Some("nothing"), None, None), 20)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stored_md5s_returns_the_pairs_stored_for_the_paths() {
+    on_each_backend("stored_md5s", |db, _scratch| async move {
+        db.create_table().await.unwrap();
+        assert!(db.stored_md5s::<&str>(&[]).await.unwrap().is_empty());
+        let mut rewritten = full_row(1);
+        rewritten.md5sum = [0xee; 16];
+        db.insert_files(&[full_row(1), rewritten, full_row(2)])
+            .await
+            .unwrap();
+        // More paths than one statement takes.
+        let mut paths: Vec<String> = (1000..2500).map(|n| format!("/absent/{n}")).collect();
+        paths.push(full_row(1).path);
+        paths.push(full_row(3).path);
+        let stored = db.stored_md5s(&paths).await.unwrap();
+        let expected: std::collections::HashSet<(String, [u8; 16])> =
+            [(full_row(1).path, [1; 16]), (full_row(1).path, [0xee; 16])]
+                .into_iter()
+                .collect();
+        assert_eq!(stored, expected);
+    })
+    .await;
 }
