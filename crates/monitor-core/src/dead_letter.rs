@@ -101,7 +101,8 @@ impl DeadLetters {
     }
 }
 
-fn epoch_seconds(time: SystemTime) -> f64 {
+/// Seconds since the Unix epoch (0 for earlier times).
+pub(crate) fn epoch_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()

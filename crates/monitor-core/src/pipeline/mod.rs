@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use files_db::{FailureKind, FileRow, FilesDb};
 use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{epoch_seconds, DeadLetter, DeadLetters};
 use crate::guard::{AllowList, LogLimiter};
 use crate::hasher::{FileHasher, WaitPolicy};
 use crate::registration::{file_row, registered_path, Recorder};
@@ -324,12 +324,6 @@ fn publish(shared: &Shared, feed: &str, message: Value) {
         shared.stats.feed_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(feed, error = %err, "feed message not published");
     }
-}
-
-fn epoch_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 fn dead_letter(shared: &Shared, received: &Received, reason: String) {
