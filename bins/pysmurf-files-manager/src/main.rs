@@ -14,7 +14,8 @@
 )]
 #![allow(
     rustdoc::broken_intra_doc_links,
-    reason = "doc comments here are clap help texts, where [:PORT] means optional"
+    rustdoc::invalid_html_tags,
+    reason = "doc comments here are clap help texts: [:PORT] means optional, <data> a placeholder"
 )]
 
 mod backfill;
