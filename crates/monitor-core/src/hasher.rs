@@ -119,52 +119,60 @@ impl FileHasher {
         Ok(self)
     }
 
+    /// How long [`md5`](Self::md5) waits for files that do not exist yet.
+    pub fn wait_policy(&self) -> WaitPolicy {
+        self.policy
+    }
+
     /// The md5 of the file at `path`, waiting for it to appear as the
     /// [`WaitPolicy`] allows.
     pub async fn md5(&self, path: &Path) -> Result<[u8; 16], HashError> {
         let started = Instant::now();
         let mut delay = self.policy.first_delay;
         loop {
-            let attempt = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                let owned = path.to_owned();
-                let roots = self.data_roots.clone();
-                tokio::task::spawn_blocking(move || md5_within(&owned, &roots))
-                    .await
-                    .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
-            };
-            match attempt {
-                Ok(Ok(digest)) => return Ok(digest),
-                Ok(Err(resolved)) => {
-                    return Err(HashError::OutsideDataRoots {
-                        path: path.to_owned(),
-                        resolved,
-                    })
-                }
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    let waited = started.elapsed();
-                    if waited >= self.policy.give_up_after {
-                        return Err(HashError::NeverAppeared {
-                            path: path.to_owned(),
-                            waited,
-                        });
-                    }
-                    tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
-                    let remaining = self.policy.give_up_after - waited;
-                    tokio::time::sleep(delay.min(remaining)).await;
-                    delay = (delay * 2).min(self.policy.max_delay);
-                }
-                Err(source) => {
-                    return Err(HashError::Unreadable {
-                        path: path.to_owned(),
-                        source,
-                    })
-                }
+            if let Some(digest) = self.md5_if_present(path).await? {
+                return Ok(digest);
             }
+            let waited = started.elapsed();
+            if waited >= self.policy.give_up_after {
+                return Err(HashError::NeverAppeared {
+                    path: path.to_owned(),
+                    waited,
+                });
+            }
+            tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
+            let remaining = self.policy.give_up_after - waited;
+            tokio::time::sleep(delay.min(remaining)).await;
+            delay = (delay * 2).min(self.policy.max_delay);
+        }
+    }
+
+    /// The md5 of the file at `path`, or `None` if it does not exist (yet):
+    /// one attempt, no waiting. For callers that wait their own way.
+    pub async fn md5_if_present(&self, path: &Path) -> Result<Option<[u8; 16]>, HashError> {
+        let attempt = {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let owned = path.to_owned();
+            let roots = self.data_roots.clone();
+            tokio::task::spawn_blocking(move || md5_within(&owned, &roots))
+                .await
+                .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
+        };
+        match attempt {
+            Ok(Ok(digest)) => Ok(Some(digest)),
+            Ok(Err(resolved)) => Err(HashError::OutsideDataRoots {
+                path: path.to_owned(),
+                resolved,
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(HashError::Unreadable {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 }

@@ -19,7 +19,7 @@ use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
 use serde_json::{json, Value};
 use smurf_protocol::{Datagram, Envelope, FilePayload, Message, MAX_DATAGRAM_LEN};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +27,7 @@ use crate::dead_letter::{epoch_seconds, DeadLetter, DeadLetters};
 use crate::guard::{AllowList, LogLimiter};
 use crate::hasher::{FileHasher, WaitPolicy};
 use crate::registration::{file_row, registered_path, Recorder};
-use crate::spool::{Spool, SpoolId};
+use crate::spool::{Spool, SpoolId, SpooledRecord};
 use crate::stats::{MonitorStats, RejectReason};
 
 mod batch;
@@ -36,8 +36,8 @@ mod register;
 mod route;
 
 use batch::batch_stage;
-use receive::receive_stage;
-use register::{replay_spool, spool_stage};
+use receive::start_receiver;
+use register::spool_stage;
 use route::route_stage;
 
 /// The feed that carries `session_data` and `session_log` datagrams,
@@ -47,20 +47,24 @@ pub const SESSION_FEED: &str = "pysmurf_session_data";
 /// The recorded feed of the monitor's own counters.
 pub const STATS_FEED: &str = "monitor_stats";
 
-/// Received datagrams waiting for the router. When full, the receiver
-/// stops reading and the kernel's socket buffer absorbs the burst.
-const RECEIVED_CAPACITY: usize = 65_536;
+/// Batches of received datagrams waiting for the router (at most
+/// 64 × 1024 = 65,536 datagrams, about 25 MB of typical ones). When full,
+/// the receiver stops reading and the kernel's socket buffer absorbs the
+/// burst.
+const RECEIVED_CAPACITY: usize = 65_536 / receive::RECEIVE_BATCH;
 
-/// File datagrams waiting to be spooled. When full, the router waits; the
-/// received-datagram channel behind it absorbs the pressure.
-const TO_SPOOL_CAPACITY: usize = 65_536;
+/// File datagrams waiting to be spooled: two spool transactions' worth.
+/// When full, the router waits; the received-datagram channel behind it
+/// absorbs the pressure.
+const TO_SPOOL_CAPACITY: usize = 2 * SPOOL_GROUP;
 
 /// Most records one spool transaction takes.
 const SPOOL_GROUP: usize = 4_096;
 
 /// Hashed rows waiting for the batcher. When full, hashing tasks wait;
-/// their registrations are already safe in the spool.
-const TO_BATCH_CAPACITY: usize = 16_384;
+/// their registrations are already safe in the spool. (Every hashed row
+/// holds one of the [`register::IN_MEMORY`] slots, which bounds it anyway.)
+const TO_BATCH_CAPACITY: usize = 4_096;
 
 /// Spool depth above which the `run` session reports `degraded`: the
 /// database is not keeping up.
@@ -152,7 +156,8 @@ struct Shared {
 struct Received {
     sender: SocketAddr,
     received_at: SystemTime,
-    bytes: Vec<u8>,
+    /// Shared with the spool's append: never copied after the receive.
+    bytes: Arc<[u8]>,
 }
 
 /// A file registration on its way to the database.
@@ -164,6 +169,11 @@ struct Registration {
     file: FilePayload,
     /// Replayed from an earlier run: its row may already be committed.
     replayed: bool,
+    /// Its place among the registrations held in memory, given back when
+    /// it is dropped (settled, or waiting for its file on a waiting slot).
+    /// `None` before hashing, and for a registration kept in memory only
+    /// because the spool failed.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// A row ready to insert, with what is needed to ack or dead-letter it.
@@ -260,7 +270,7 @@ impl Monitor {
         let (batch_tx, batch_rx) = mpsc::channel(TO_BATCH_CAPACITY);
 
         tracker.spawn(batch_stage(shared.clone(), batch_rx, drain.clone()));
-        replay_spool(&shared, &tracker, &batch_tx, &drain).await;
+        // Also replays what an earlier run left in the spool.
         tracker.spawn(spool_stage(
             shared.clone(),
             spool_rx,
@@ -270,12 +280,10 @@ impl Monitor {
         ));
         tracker.spawn(route_stage(shared.clone(), received_rx, spool_tx));
         tracker.spawn(stats_stage(shared.clone(), shutdown.clone()));
-        tracker.spawn(receive_stage(
-            shared.clone(),
-            socket,
-            received_tx,
-            shutdown.clone(),
-        ));
+        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, shutdown.clone()) {
+            tracing::error!(error = %err, "cannot start the UDP receiver; stopping");
+            shutdown.cancel();
+        }
         tracker.close();
 
         shutdown.cancelled().await;
@@ -332,7 +340,7 @@ fn dead_letter(shared: &Shared, received: &Received, reason: String) {
         reason,
         sender: received.sender,
         received_at: received.received_at,
-        datagram: &received.bytes,
+        datagram: &received.bytes[..],
     };
     if let Err(err) = shared.dead_letters.record(&letter) {
         tracing::error!(error = %err, reason = %letter.reason, "dead letter lost");

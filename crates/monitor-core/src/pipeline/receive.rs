@@ -1,57 +1,113 @@
-//! The receiver: drains the UDP socket, nothing else.
+//! The receiver: drains the UDP socket, nothing else, on a thread of its own.
 
 use super::*;
 
-/// Drains the socket into the router's channel; never parses or waits on
-/// anything but that channel.
-pub(super) async fn receive_stage(
+/// Most datagrams handed to the router at once. Batches form only when
+/// datagrams are already queued in the socket: at a low rate each datagram
+/// goes on alone, at once.
+pub(super) const RECEIVE_BATCH: usize = 64;
+
+/// Starts the receiver on a dedicated OS thread with a current-thread
+/// runtime of its own, so that draining the socket never waits for a
+/// worker thread busy parsing, spooling or hashing: during a burst the
+/// datagrams move from the kernel's buffer into the router's channel as fast
+/// as they arrive. The thread ends when `shutdown` is cancelled or the
+/// router is gone; dropping its sender then closes the router's input.
+pub(super) fn start_receiver(
     shared: Arc<Shared>,
     socket: UdpSocket,
-    to_router: mpsc::Sender<Received>,
+    to_router: mpsc::Sender<Vec<Received>>,
     shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // Leaves the caller's reactor; registered again on the thread's own.
+    let socket = socket.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("udp-receiver".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => receive(&shared, &socket, &to_router, &shutdown).await,
+                    Err(err) => tracing::error!(error = %err, "cannot receive on the UDP socket"),
+                }
+            });
+        })?;
+    Ok(())
+}
+
+/// Drains the socket into the router's channel, in batches of what is
+/// queued; never parses, never waits on anything but that channel.
+async fn receive(
+    shared: &Shared,
+    socket: &UdpSocket,
+    to_router: &mpsc::Sender<Vec<Received>>,
+    shutdown: &CancellationToken,
 ) {
     // One byte more than any UDP payload: a datagram is never truncated
     // silently, so oversize is always detected.
     let mut buffer = vec![0u8; 65_536];
     loop {
-        let (len, sender) = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            result = socket.recv_from(&mut buffer) => match result {
+            ready = socket.readable() => if let Err(err) = ready {
+                tracing::error!(error = %err, "UDP socket failed; no longer receiving");
+                break;
+            },
+        }
+        let mut batch = Vec::new();
+        while batch.len() < RECEIVE_BATCH {
+            let (len, sender) = match socket.try_recv_from(&mut buffer) {
                 Ok(received) => received,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     // E.g. ICMP errors reported on the socket; nothing to lose.
                     tracing::debug!(error = %err, "UDP receive error");
-                    continue;
+                    break;
                 }
-            },
-        };
-        let stats = &shared.stats;
-        stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
-        if !shared.options.allow_from.allows(sender.ip()) {
-            refuse(
-                &shared,
-                sender,
-                RejectReason::NotAllowed,
-                "sender not in --allow-from",
-            );
-            continue;
+            };
+            if let Some(received) = admit(shared, &buffer[..len], sender) {
+                batch.push(received);
+            }
         }
-        if len > MAX_DATAGRAM_LEN {
-            refuse(
-                &shared,
-                sender,
-                RejectReason::TooLarge,
-                &format!("{len} bytes, over the {MAX_DATAGRAM_LEN}-byte limit"),
-            );
-            continue;
-        }
-        let received = Received {
-            sender,
-            received_at: SystemTime::now(),
-            bytes: buffer[..len].to_vec(),
-        };
-        if to_router.send(received).await.is_err() {
+        if !batch.is_empty() && to_router.send(batch).await.is_err() {
             break;
         }
     }
+}
+
+/// Counts a datagram and keeps it if its sender is allowed and its size is.
+fn admit(shared: &Shared, bytes: &[u8], sender: SocketAddr) -> Option<Received> {
+    shared
+        .stats
+        .datagrams_received
+        .fetch_add(1, Ordering::Relaxed);
+    if !shared.options.allow_from.allows(sender.ip()) {
+        refuse(
+            shared,
+            sender,
+            RejectReason::NotAllowed,
+            "sender not in --allow-from",
+        );
+        return None;
+    }
+    if bytes.len() > MAX_DATAGRAM_LEN {
+        refuse(
+            shared,
+            sender,
+            RejectReason::TooLarge,
+            &format!(
+                "{} bytes, over the {MAX_DATAGRAM_LEN}-byte limit",
+                bytes.len()
+            ),
+        );
+        return None;
+    }
+    Some(Received {
+        sender,
+        received_at: SystemTime::now(),
+        bytes: Arc::from(bytes),
+    })
 }

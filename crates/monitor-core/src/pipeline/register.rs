@@ -1,10 +1,34 @@
-//! From an accepted file datagram to a hashed row: spooling (and replaying
-//! the spool at start-up), then md5.
+//! From an accepted file datagram to a hashed row: the spool, then md5.
+//!
+//! Memory stays bounded however large the burst or however long the
+//! database is away: at most [`IN_MEMORY`] registrations are held past the
+//! spool (being hashed, or hashed and waiting for the batcher), plus at most
+//! [`WAITING`] whose file does not exist yet. When every slot is taken, new
+//! registrations are only appended to the spool and dropped from memory;
+//! they are read back from the spool, in order, as slots free up. Replay
+//! at start-up is the same path: the spool starts as one long backlog.
+
+use std::time::Instant;
 
 use super::*;
+use crate::hasher::HashError;
+
+/// Registrations held in memory between the spool and the database.
+pub(super) const IN_MEMORY: usize = 4_096;
+
+/// Registrations whose file does not exist yet, waiting in memory without
+/// holding one of the [`IN_MEMORY`] slots (so that files that never appear
+/// do not stall the others). Beyond this many, a waiting registration keeps
+/// its slot.
+const WAITING: usize = 16_384;
+
+/// Spool records read back per query while hashing is behind.
+const READ_BACK_PAGE: usize = 512;
 
 /// Appends registrations to the spool in groups (one transaction for all
-/// that are queued, without waiting for more), then starts their hashing.
+/// that are queued, without waiting for more) and starts their hashing
+/// while there are free slots; otherwise they wait in the spool, read back
+/// in order when slots free up.
 pub(super) async fn spool_stage(
     shared: Arc<Shared>,
     mut incoming: mpsc::Receiver<Registration>,
@@ -12,121 +36,244 @@ pub(super) async fn spool_stage(
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
+    let hashing = Hashing {
+        shared: shared.clone(),
+        slots: Arc::new(Semaphore::new(IN_MEMORY)),
+        waiting: Arc::new(Semaphore::new(WAITING)),
+        to_batch,
+        tracker,
+        drain,
+    };
+    let left = shared.spool.depth();
+    if left > 0 {
+        tracing::info!(count = left, "replaying spooled registrations");
+    }
+    // Where reading back resumes: `Some` while registrations wait in the
+    // spool only. At start-up, everything an earlier run left is waiting.
+    let mut behind = Some(ReadBack { after: None });
     let mut group = Vec::with_capacity(SPOOL_GROUP);
-    while incoming.recv_many(&mut group, SPOOL_GROUP).await > 0 {
-        let records = group
-            .iter()
-            .map(|r| {
-                (
-                    r.received.sender,
-                    r.received.received_at,
-                    r.received.bytes.clone(),
-                )
-            })
-            .collect();
-        match shared.spool.append_many(records).await {
-            Ok(ids) => {
-                for (registration, id) in group.iter_mut().zip(ids) {
-                    registration.spool_id = Some(id);
+    loop {
+        tokio::select! {
+            received = incoming.recv_many(&mut group, SPOOL_GROUP) => {
+                // Closed: the receiver stopped. What is behind stays spooled.
+                if received == 0 {
+                    break;
+                }
+                let ids = append(&shared, &group).await;
+                for (registration, id) in group.drain(..).zip(ids) {
+                    match (id, &behind) {
+                        // Not durable, but not lost while the process lives.
+                        (None, _) => hashing.start(registration, None),
+                        (Some(id), None) => match hashing.slots.clone().try_acquire_owned() {
+                            Ok(slot) => hashing.start(
+                                Registration { spool_id: Some(id), ..registration },
+                                Some(slot),
+                            ),
+                            Err(_) => {
+                                behind = Some(ReadBack { after: id.0.checked_sub(1).map(SpoolId) });
+                            }
+                        },
+                        // Safe in the spool; read back when its turn comes.
+                        (Some(_), Some(_)) => {}
+                    }
                 }
             }
-            Err(err) => {
-                // Not durable, but not lost while the process lives: go on.
-                shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %err, count = group.len(), "cannot spool registrations; continuing without");
+            slot = hashing.slots.clone().acquire_owned(), if behind.is_some() => {
+                let Some(read_back) = behind.as_mut() else { continue };
+                let Ok(slot) = slot else { break };
+                if hashing.read_back(read_back, slot).await {
+                    behind = None;
+                }
             }
-        }
-        shared
-            .stats
-            .spool_depth
-            .store(shared.spool.depth(), Ordering::Relaxed);
-        for registration in group.drain(..) {
-            tracker.spawn(hash_one(
-                shared.clone(),
-                registration,
-                to_batch.clone(),
-                drain.clone(),
-            ));
         }
     }
 }
 
-/// Spooled registrations of an earlier run go through hashing again and are
-/// inserted unless an identical row is already there.
-pub(super) async fn replay_spool(
-    shared: &Arc<Shared>,
-    tracker: &TaskTracker,
-    to_batch: &mpsc::Sender<Hashed>,
-    drain: &CancellationToken,
-) {
-    let pending = match shared.spool.pending().await {
-        Ok(pending) => pending,
+/// Where reading back from the spool resumes.
+struct ReadBack {
+    /// The last record handed to hashing or skipped; `None`: from the start.
+    after: Option<SpoolId>,
+}
+
+/// Starts hashing tasks, each holding a slot.
+struct Hashing {
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+    to_batch: mpsc::Sender<Hashed>,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+}
+
+impl Hashing {
+    fn start(&self, mut registration: Registration, slot: Option<OwnedSemaphorePermit>) {
+        registration.slot = slot;
+        self.tracker.spawn(hash_one(
+            self.shared.clone(),
+            registration,
+            self.to_batch.clone(),
+            self.waiting.clone(),
+            self.drain.clone(),
+        ));
+    }
+
+    /// Hands the next page of spooled registrations to hashing, one free
+    /// slot each (`slot` and as many more as are free). Returns true when
+    /// nothing is left behind in the spool.
+    async fn read_back(&self, from: &mut ReadBack, slot: OwnedSemaphorePermit) -> bool {
+        let shared = &self.shared;
+        // This task is the only one taking slots: those free now stay free.
+        let limit = (1 + self.slots.available_permits()).min(READ_BACK_PAGE);
+        let page = match shared.spool.read_after(from.after, limit).await {
+            Ok(page) => page,
+            Err(err) => {
+                shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, "cannot read registrations back from the spool; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return false;
+            }
+        };
+        let first_new = shared.spool.first_id_of_this_run();
+        let mut slot = Some(slot);
+        for record in page.records {
+            let replayed = record.id < first_new;
+            let Some(registration) = registration_from(shared, record, replayed).await else {
+                continue;
+            };
+            if replayed {
+                shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            let slot = match slot.take() {
+                Some(slot) => slot,
+                None => match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => unreachable!("free slots are only taken here"),
+                },
+            };
+            self.start(registration, Some(slot));
+        }
+        from.after = page.last_id.or(from.after);
+        page.is_last
+    }
+}
+
+/// Appends `group` to the spool in one transaction: their ids, or `None`s
+/// if the spool failed (counted and logged).
+async fn append(shared: &Shared, group: &[Registration]) -> Vec<Option<SpoolId>> {
+    let records = group
+        .iter()
+        .map(|r| {
+            (
+                r.received.sender,
+                r.received.received_at,
+                r.received.bytes.clone(),
+            )
+        })
+        .collect();
+    let ids = match shared.spool.append_many(records).await {
+        Ok(ids) => ids.into_iter().map(Some).collect(),
         Err(err) => {
             shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %err, "cannot read the spool; its registrations are not replayed");
-            return;
+            tracing::error!(error = %err, count = group.len(), "cannot spool registrations; continuing without");
+            vec![None; group.len()]
         }
     };
-    if !pending.is_empty() {
-        tracing::info!(count = pending.len(), "replaying spooled registrations");
-    }
-    for record in pending {
-        let received = Received {
-            sender: record.sender,
-            received_at: record.received_at,
-            bytes: record.datagram,
-        };
-        let parsed = Datagram::parse(&received.bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|d| {
-                let envelope = d.envelope().clone();
-                match d.into_message() {
-                    Message::DataFile(file) | Message::G3File(file) => Ok((envelope, file)),
-                    other => Err(format!("a {} datagram is not a registration", other.kind())),
-                }
-            });
-        match parsed {
-            Ok((envelope, file)) => {
-                shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
-                let registration = Registration {
-                    spool_id: Some(record.id),
-                    received,
-                    envelope,
-                    file,
-                    replayed: true,
-                };
-                tracker.spawn(hash_one(
-                    shared.clone(),
-                    registration,
-                    to_batch.clone(),
-                    drain.clone(),
-                ));
+    shared
+        .stats
+        .spool_depth
+        .store(shared.spool.depth(), Ordering::Relaxed);
+    ids
+}
+
+/// A spooled record back to a registration; a record that is not one (it
+/// can only have been corrupted on disk) is dead-lettered and acked.
+async fn registration_from(
+    shared: &Shared,
+    record: SpooledRecord,
+    replayed: bool,
+) -> Option<Registration> {
+    let received = Received {
+        sender: record.sender,
+        received_at: record.received_at,
+        bytes: record.datagram,
+    };
+    let parsed = Datagram::parse(&received.bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            let envelope = d.envelope().clone();
+            match d.into_message() {
+                Message::DataFile(file) | Message::G3File(file) => Ok((envelope, file)),
+                other => Err(format!("a {} datagram is not a registration", other.kind())),
             }
-            Err(reason) => {
-                dead_letter(
-                    shared,
-                    &received,
-                    format!("spooled record {}: {reason}", record.id),
-                );
-                ack(shared, &[record.id]).await;
-            }
+        });
+    match parsed {
+        Ok((envelope, file)) => Some(Registration {
+            spool_id: Some(record.id),
+            received,
+            envelope,
+            file,
+            replayed,
+            slot: None,
+        }),
+        Err(reason) => {
+            dead_letter(
+                shared,
+                &received,
+                format!("spooled record {}: {reason}", record.id),
+            );
+            ack(shared, &[record.id]).await;
+            None
         }
     }
 }
 
-/// Hashes one registration's file and hands its row to the batcher, or
-/// dead-letters it. Abandoned (left in the spool) when draining ends.
-pub(super) async fn hash_one(
+/// Hashes one registration's file, waiting for it to appear as the
+/// [`WaitPolicy`] says, and hands its row to the batcher, or dead-letters
+/// it. Abandoned (left in the spool) when draining ends.
+async fn hash_one(
     shared: Arc<Shared>,
-    registration: Registration,
+    mut registration: Registration,
     to_batch: mpsc::Sender<Hashed>,
+    waiting: Arc<Semaphore>,
     drain: CancellationToken,
 ) {
     let path = PathBuf::from(registered_path(&registration.file));
     shared.stats.pending_md5.fetch_add(1, Ordering::Relaxed);
-    let hashed = tokio::select! {
-        result = shared.hasher.md5(&path) => Some(result),
-        _ = drain.cancelled() => None,
+    let policy = shared.hasher.wait_policy();
+    let started = Instant::now();
+    let mut delay = policy.first_delay;
+    // Taken while the file is missing, in place of the registration's slot.
+    let mut waiting_slot = None;
+    let hashed = loop {
+        let attempt = tokio::select! {
+            attempt = shared.hasher.md5_if_present(&path) => attempt,
+            _ = drain.cancelled() => break None,
+        };
+        match attempt {
+            Ok(Some(md5)) => break Some(Ok(md5)),
+            Err(err) => break Some(Err(err)),
+            Ok(None) => {
+                let waited = started.elapsed();
+                if waited >= policy.give_up_after {
+                    break Some(Err(HashError::NeverAppeared {
+                        path: path.clone(),
+                        waited,
+                    }));
+                }
+                if waiting_slot.is_none() {
+                    if let Ok(permit) = waiting.clone().try_acquire_owned() {
+                        waiting_slot = Some(permit);
+                        registration.slot = None;
+                    }
+                }
+                tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay.min(policy.give_up_after - waited)) => {}
+                    _ = drain.cancelled() => break None,
+                }
+                delay = (delay * 2).min(policy.max_delay);
+            }
+        }
     };
     shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
     match hashed {
@@ -142,7 +289,7 @@ pub(super) async fn hash_one(
             let _ = to_batch.send(Hashed { row, registration }).await;
         }
         Some(Err(err)) => {
-            if matches!(err, crate::hasher::HashError::OutsideDataRoots { .. }) {
+            if matches!(err, HashError::OutsideDataRoots { .. }) {
                 refuse(
                     &shared,
                     registration.received.sender,

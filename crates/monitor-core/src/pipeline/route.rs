@@ -5,66 +5,76 @@ use super::*;
 /// Parses each datagram and sends it where its type says, in arrival order.
 pub(super) async fn route_stage(
     shared: Arc<Shared>,
-    mut received: mpsc::Receiver<Received>,
+    mut received: mpsc::Receiver<Vec<Received>>,
     to_spool: mpsc::Sender<Registration>,
 ) {
-    while let Some(datagram) = received.recv().await {
-        let parsed = match Datagram::parse(&datagram.bytes) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                refuse(
-                    &shared,
-                    datagram.sender,
-                    RejectReason::Malformed,
-                    &err.to_string(),
-                );
-                continue;
-            }
-        };
-        match parsed.message() {
-            Message::DataFile(_) | Message::G3File(_) => {
-                let envelope = parsed.envelope().clone();
-                let (Message::DataFile(file) | Message::G3File(file)) = parsed.into_message()
-                else {
-                    unreachable!("matched above");
-                };
-                if let Err(reason) = check_path(&file.path) {
-                    refuse(&shared, datagram.sender, RejectReason::PathRefused, reason);
-                    dead_letter(&shared, &datagram, format!("path refused: {reason}"));
-                    continue;
-                }
-                shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
-                let registration = Registration {
-                    spool_id: None,
-                    received: datagram,
-                    envelope,
-                    file,
-                    replayed: false,
-                };
-                if to_spool.send(registration).await.is_err() {
-                    break;
-                }
-            }
-            Message::SessionData | Message::SessionLog => {
-                shared
-                    .stats
-                    .session_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                publish(&shared, SESSION_FEED, Value::Object(parsed.into_json()));
-            }
-            Message::Metadata(metadata) => {
-                shared
-                    .stats
-                    .metadata_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                publish_metadata(&shared, parsed.envelope(), &metadata.path, &metadata.value);
-            }
-            other => {
-                shared.stats.other_messages.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(kind = other.kind(), sender = %datagram.sender, "datagram ignored");
+    while let Some(batch) = received.recv().await {
+        for datagram in batch {
+            if !route(&shared, datagram, &to_spool).await {
+                return;
             }
         }
     }
+}
+
+/// Routes one datagram; `false` once the spool stage is gone.
+async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Registration>) -> bool {
+    let parsed = match Datagram::parse(&datagram.bytes) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            refuse(
+                shared,
+                datagram.sender,
+                RejectReason::Malformed,
+                &err.to_string(),
+            );
+            return true;
+        }
+    };
+    match parsed.message() {
+        Message::DataFile(_) | Message::G3File(_) => {
+            let envelope = parsed.envelope().clone();
+            let (Message::DataFile(file) | Message::G3File(file)) = parsed.into_message() else {
+                unreachable!("matched above");
+            };
+            if let Err(reason) = check_path(&file.path) {
+                refuse(shared, datagram.sender, RejectReason::PathRefused, reason);
+                dead_letter(shared, &datagram, format!("path refused: {reason}"));
+                return true;
+            }
+            shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
+            let registration = Registration {
+                spool_id: None,
+                received: datagram,
+                envelope,
+                file,
+                replayed: false,
+                slot: None,
+            };
+            if to_spool.send(registration).await.is_err() {
+                return false;
+            }
+        }
+        Message::SessionData | Message::SessionLog => {
+            shared
+                .stats
+                .session_messages
+                .fetch_add(1, Ordering::Relaxed);
+            publish(shared, SESSION_FEED, Value::Object(parsed.into_json()));
+        }
+        Message::Metadata(metadata) => {
+            shared
+                .stats
+                .metadata_messages
+                .fetch_add(1, Ordering::Relaxed);
+            publish_metadata(shared, parsed.envelope(), &metadata.path, &metadata.value);
+        }
+        other => {
+            shared.stats.other_messages.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(kind = other.kind(), sender = %datagram.sender, "datagram ignored");
+        }
+    }
+    true
 }
 
 /// Paths the monitor will not even try: they cannot name a data file.
