@@ -25,6 +25,11 @@ const WAITING: usize = 16_384;
 /// Spool records read back per query while hashing is behind.
 const READ_BACK_PAGE: usize = 512;
 
+/// Registrations whose files one blocking job reads: the hand-off to a
+/// blocking thread, not md5, is most of the cost of a small file, so it is
+/// paid once per chunk; several chunks still hash at once.
+const HASH_CHUNK: usize = 32;
+
 /// Appends registrations to the spool in groups (one transaction for all
 /// that are queued, without waiting for more) and starts their hashing
 /// while there are free slots; otherwise they wait in the spool, read back
@@ -60,15 +65,17 @@ pub(super) async fn spool_stage(
                     break;
                 }
                 let ids = append(&shared, &group).await;
+                let mut ready = Vec::with_capacity(group.len());
                 for (registration, id) in group.drain(..).zip(ids) {
                     match (id, &behind) {
                         // Not durable, but not lost while the process lives.
-                        (None, _) => hashing.start(registration, None),
+                        (None, _) => ready.push(registration),
                         (Some(id), None) => match hashing.slots.clone().try_acquire_owned() {
-                            Ok(slot) => hashing.start(
-                                Registration { spool_id: Some(id), ..registration },
-                                Some(slot),
-                            ),
+                            Ok(slot) => ready.push(Registration {
+                                spool_id: Some(id),
+                                slot: Some(slot),
+                                ..registration
+                            }),
                             Err(_) => {
                                 behind = Some(ReadBack { after: id.0.checked_sub(1).map(SpoolId) });
                             }
@@ -77,6 +84,7 @@ pub(super) async fn spool_stage(
                         (Some(_), Some(_)) => {}
                     }
                 }
+                hashing.start(ready);
             }
             slot = hashing.slots.clone().acquire_owned(), if behind.is_some() => {
                 let Some(read_back) = behind.as_mut() else { continue };
@@ -95,10 +103,13 @@ struct ReadBack {
     after: Option<SpoolId>,
 }
 
-/// Starts hashing tasks, each holding a slot.
+/// Hashes registrations and hands their rows to the batcher.
+#[derive(Clone)]
 struct Hashing {
     shared: Arc<Shared>,
+    /// One per registration held in memory past the spool.
     slots: Arc<Semaphore>,
+    /// One per registration waiting for its file without a slot.
     waiting: Arc<Semaphore>,
     to_batch: mpsc::Sender<Hashed>,
     tracker: TaskTracker,
@@ -106,15 +117,15 @@ struct Hashing {
 }
 
 impl Hashing {
-    fn start(&self, mut registration: Registration, slot: Option<OwnedSemaphorePermit>) {
-        registration.slot = slot;
-        self.tracker.spawn(hash_one(
-            self.shared.clone(),
-            registration,
-            self.to_batch.clone(),
-            self.waiting.clone(),
-            self.drain.clone(),
-        ));
+    /// Starts hashing `registrations`, [`HASH_CHUNK`] per task.
+    fn start(&self, mut registrations: Vec<Registration>) {
+        while !registrations.is_empty() {
+            let rest = registrations.split_off(registrations.len().min(HASH_CHUNK));
+            self.tracker.spawn(
+                self.clone()
+                    .hash_chunk(std::mem::replace(&mut registrations, rest)),
+            );
+        }
     }
 
     /// Hands the next page of spooled registrations to hashing, one free
@@ -135,6 +146,7 @@ impl Hashing {
         };
         let first_new = shared.spool.first_id_of_this_run();
         let mut slot = Some(slot);
+        let mut ready = Vec::with_capacity(page.records.len());
         for record in page.records {
             let replayed = record.id < first_new;
             let Some(registration) = registration_from(shared, record, replayed).await else {
@@ -150,10 +162,116 @@ impl Hashing {
                     Err(_) => unreachable!("free slots are only taken here"),
                 },
             };
-            self.start(registration, Some(slot));
+            ready.push(Registration {
+                slot: Some(slot),
+                ..registration
+            });
         }
+        self.start(ready);
         from.after = page.last_id.or(from.after);
         page.is_last
+    }
+
+    /// Hashes the files of `registrations` in one blocking job; those whose
+    /// file is not there yet go on waiting for it, each on its own.
+    async fn hash_chunk(self, registrations: Vec<Registration>) {
+        let stats = &self.shared.stats;
+        stats
+            .pending_md5
+            .fetch_add(registrations.len() as u64, Ordering::Relaxed);
+        let paths = registrations
+            .iter()
+            .map(|r| PathBuf::from(registered_path(&r.file)))
+            .collect();
+        let results = tokio::select! {
+            results = self.shared.hasher.md5_many_if_present(paths) => results,
+            _ = self.drain.cancelled() => {
+                stats.pending_md5.fetch_sub(registrations.len() as u64, Ordering::Relaxed);
+                return;
+            }
+        };
+        for (registration, result) in registrations.into_iter().zip(results) {
+            match result {
+                Ok(None) => {
+                    self.tracker.spawn(self.clone().wait_for_file(registration));
+                }
+                Ok(Some(md5)) => self.finish(registration, Ok(md5)).await,
+                Err(err) => self.finish(registration, Err(err)).await,
+            }
+        }
+    }
+
+    /// Waits for a registration's file to appear as the [`WaitPolicy`]
+    /// says, on a waiting slot when one is free (giving its own slot back),
+    /// then hashes it. Abandoned (left in the spool) when draining ends.
+    async fn wait_for_file(self, mut registration: Registration) {
+        let path = PathBuf::from(registered_path(&registration.file));
+        let policy = self.shared.hasher.wait_policy();
+        let started = Instant::now();
+        let mut delay = policy.first_delay;
+        let mut waiting_slot = None;
+        let result = loop {
+            let waited = started.elapsed();
+            if waited >= policy.give_up_after {
+                break Err(HashError::NeverAppeared { path, waited });
+            }
+            if waiting_slot.is_none() {
+                if let Ok(permit) = self.waiting.clone().try_acquire_owned() {
+                    waiting_slot = Some(permit);
+                    registration.slot = None;
+                }
+            }
+            tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
+            let attempt = tokio::select! {
+                attempt = async {
+                    tokio::time::sleep(delay.min(policy.give_up_after - waited)).await;
+                    self.shared.hasher.md5_if_present(&path).await
+                } => attempt,
+                _ = self.drain.cancelled() => {
+                    self.shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            match attempt {
+                Ok(None) => delay = (delay * 2).min(policy.max_delay),
+                Ok(Some(md5)) => break Ok(md5),
+                Err(err) => break Err(err),
+            }
+        };
+        self.finish(registration, result).await;
+    }
+
+    /// Hands a hashed registration's row to the batcher, or dead-letters
+    /// (and acks) one whose file could not be hashed.
+    async fn finish(&self, registration: Registration, md5: Result<[u8; 16], HashError>) {
+        let shared = &self.shared;
+        shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
+        match md5 {
+            Ok(md5) => {
+                let row = file_row(
+                    &registration.envelope,
+                    &registration.file,
+                    &shared.recorder,
+                    md5,
+                );
+                shared.stats.pending_insert.fetch_add(1, Ordering::Relaxed);
+                let _ = self.to_batch.send(Hashed { row, registration }).await;
+            }
+            Err(err) => {
+                if matches!(err, HashError::OutsideDataRoots { .. }) {
+                    refuse(
+                        shared,
+                        registration.received.sender,
+                        RejectReason::PathRefused,
+                        &err.to_string(),
+                    );
+                }
+                dead_letter(shared, &registration.received, err.to_string());
+                if let Some(id) = registration.spool_id {
+                    ack(shared, &[id]).await;
+                }
+            }
+        }
     }
 }
 
@@ -223,84 +341,6 @@ async fn registration_from(
             );
             ack(shared, &[record.id]).await;
             None
-        }
-    }
-}
-
-/// Hashes one registration's file, waiting for it to appear as the
-/// [`WaitPolicy`] says, and hands its row to the batcher, or dead-letters
-/// it. Abandoned (left in the spool) when draining ends.
-async fn hash_one(
-    shared: Arc<Shared>,
-    mut registration: Registration,
-    to_batch: mpsc::Sender<Hashed>,
-    waiting: Arc<Semaphore>,
-    drain: CancellationToken,
-) {
-    let path = PathBuf::from(registered_path(&registration.file));
-    shared.stats.pending_md5.fetch_add(1, Ordering::Relaxed);
-    let policy = shared.hasher.wait_policy();
-    let started = Instant::now();
-    let mut delay = policy.first_delay;
-    // Taken while the file is missing, in place of the registration's slot.
-    let mut waiting_slot = None;
-    let hashed = loop {
-        let attempt = tokio::select! {
-            attempt = shared.hasher.md5_if_present(&path) => attempt,
-            _ = drain.cancelled() => break None,
-        };
-        match attempt {
-            Ok(Some(md5)) => break Some(Ok(md5)),
-            Err(err) => break Some(Err(err)),
-            Ok(None) => {
-                let waited = started.elapsed();
-                if waited >= policy.give_up_after {
-                    break Some(Err(HashError::NeverAppeared {
-                        path: path.clone(),
-                        waited,
-                    }));
-                }
-                if waiting_slot.is_none() {
-                    if let Ok(permit) = waiting.clone().try_acquire_owned() {
-                        waiting_slot = Some(permit);
-                        registration.slot = None;
-                    }
-                }
-                tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay.min(policy.give_up_after - waited)) => {}
-                    _ = drain.cancelled() => break None,
-                }
-                delay = (delay * 2).min(policy.max_delay);
-            }
-        }
-    };
-    shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
-    match hashed {
-        None => {}
-        Some(Ok(md5)) => {
-            let row = file_row(
-                &registration.envelope,
-                &registration.file,
-                &shared.recorder,
-                md5,
-            );
-            shared.stats.pending_insert.fetch_add(1, Ordering::Relaxed);
-            let _ = to_batch.send(Hashed { row, registration }).await;
-        }
-        Some(Err(err)) => {
-            if matches!(err, HashError::OutsideDataRoots { .. }) {
-                refuse(
-                    &shared,
-                    registration.received.sender,
-                    RejectReason::PathRefused,
-                    &err.to_string(),
-                );
-            }
-            dead_letter(&shared, &registration.received, err.to_string());
-            if let Some(id) = registration.spool_id {
-                ack(&shared, &[id]).await;
-            }
         }
     }
 }
