@@ -200,3 +200,340 @@ async fn drop_leftovers(conn: &mut MySqlConnection) {
         }
     }
 }
+
+/// Options of every [`PrivateMariaDb`] server (after `--no-defaults`): small,
+/// loopback only, everything inside its own directory.
+const PRIVATE_SERVER_OPTIONS: &[&str] = &[
+    "--bind-address=127.0.0.1",
+    "--skip-name-resolve",
+    "--innodb-log-file-size=4M",
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-use-native-aio=0",
+    "--skip-log-bin",
+    "--performance-schema=OFF",
+];
+
+/// How long a [`PrivateMariaDb`] may take to start or to shut down.
+const PRIVATE_SERVER_LIMIT: Duration = Duration::from_secs(60);
+
+/// A MariaDB server of one test's own, in a temporary data directory on a
+/// free loopback port, that the test may stop (cleanly, SIGTERM) and start
+/// again on the same data and port: a real database outage without touching
+/// the server other tests share. `root` has an empty password, over TCP on
+/// 127.0.0.1 only.
+///
+/// Needs Debian's `mariadb-server` (`mariadbd`, `mariadb-install-db`), which
+/// `scripts/ensure-mariadb` installs. Without it, [`PrivateMariaDb::start`]
+/// skips (or fails when [`REQUIRE_SERVICES_ENV`] is `1`).
+pub struct PrivateMariaDb {
+    dir: tempfile::TempDir,
+    mariadbd: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMariaDb {
+    /// Initialises a data directory and starts the server; `None` (after
+    /// [`skip_or_fail`]) when the MariaDB programs are missing or the server
+    /// does not come up.
+    pub fn start(test: &str) -> Option<Self> {
+        let (Some(mariadbd), Some(install_db)) = (
+            find_program(&["mariadbd", "mysqld"]),
+            find_program(&["mariadb-install-db", "mysql_install_db"]),
+        ) else {
+            skip_or_fail(
+                test,
+                "no mariadbd / mariadb-install-db for a private MariaDB server \
+                 (install mariadb-server, e.g. with scripts/ensure-mariadb)",
+            );
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pysmurf-mariadb-")
+            .tempdir()
+            .expect("a temporary directory");
+        let log = std::fs::File::create(dir.path().join("install.log")).unwrap();
+        let installed = std::process::Command::new(&install_db)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(PRIVATE_SERVER_OPTIONS)
+            .args(user_option())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status();
+        if !installed.as_ref().is_ok_and(|s| s.success()) {
+            skip_or_fail(
+                test,
+                &format!(
+                    "{} failed ({installed:?}):\n{}",
+                    install_db.display(),
+                    std::fs::read_to_string(dir.path().join("install.log")).unwrap_or_default()
+                ),
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = PrivateMariaDb {
+            dir,
+            mariadbd,
+            port,
+            child: None,
+        };
+        if let Err(reason) = server.spawn() {
+            skip_or_fail(test, &reason);
+            return None;
+        }
+        Some(server)
+    }
+
+    /// The server's loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mysql://root@127.0.0.1:PORT/DATABASE`: what `--db-url` takes.
+    pub fn url(&self, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The target of `database` on this server.
+    pub fn target(&self, database: &str) -> DbTarget {
+        DbTarget::from_url(&self.url(database)).expect("a valid URL")
+    }
+
+    /// Runs `sql` as root (in `database` when given).
+    pub async fn execute(&self, database: Option<&str>, sql: &str) {
+        let mut options = MySqlConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .username("root")
+            .disable_statement_logging();
+        if let Some(database) = database {
+            options = options.database(database);
+        }
+        let mut conn = MySqlConnection::connect_with(&options)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the private MariaDB server: {e}"));
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.ok();
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Shuts the server down cleanly (SIGTERM) and waits until it has exited.
+    /// Clients' connections are closed; new ones are refused until
+    /// [`PrivateMariaDb::restart`].
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM mariadbd");
+        let deadline = std::time::Instant::now() + PRIVATE_SERVER_LIMIT;
+        loop {
+            if child.try_wait().expect("wait for mariadbd").is_some() {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "mariadbd did not shut down within {PRIVATE_SERVER_LIMIT:?}:\n{}",
+                    self.error_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server again on the same data directory and port after
+    /// [`PrivateMariaDb::stop`]; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after stop");
+        self.spawn().unwrap_or_else(|reason| panic!("{reason}"));
+    }
+
+    /// The server's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.dir.path();
+        let child = std::process::Command::new(&self.mariadbd)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
+            .args(PRIVATE_SERVER_OPTIONS)
+            .args(user_option())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.mariadbd.display()))?;
+        // Killed when this test process is gone, however it ends.
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null; do kill -0 {pid} 2>/dev/null || exit 0; \
+                 sleep 0.5; done; kill -KILL {pid} 2>/dev/null",
+                me = std::process::id(),
+                pid = child.id()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start a watcher shell: {e}"))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + PRIVATE_SERVER_LIMIT;
+        loop {
+            if self.answers() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(format!(
+                    "the private MariaDB server did not come up on 127.0.0.1:{} ({exited:?}):\n{}",
+                    self.port,
+                    self.error_log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the server sends a protocol-10 greeting (not an error packet).
+    fn answers(&self) -> bool {
+        use std::io::Read;
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).is_ok() && head[4] == 10
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The first of `names` on `PATH` or in the sbin directories (not on every
+/// user's `PATH`).
+fn find_program(names: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(Into::into))
+        .collect();
+    names
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `--user=root` when running as root (mariadbd refuses root otherwise);
+/// nothing for anyone else (the server runs as the caller).
+fn user_option() -> Option<&'static str> {
+    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+    (String::from_utf8_lossy(&uid.stdout).trim() == "0").then_some("--user=root")
+}
+
+/// A write lock on the files table held by a connection of the test's own,
+/// as a long transaction or a backup would hold it: a monitor's inserts wait
+/// (MariaDB's `LOCK TABLES … WRITE`) or fail busy and are retried (SQLite's
+/// `BEGIN IMMEDIATE`) until [`WriteLock::release`]. On MariaDB, reading the
+/// table from another connection waits too.
+pub struct WriteLock {
+    conn: LockConnection,
+}
+
+enum LockConnection {
+    MySql(MySqlConnection),
+    Sqlite(sqlx::sqlite::SqliteConnection),
+}
+
+impl WriteLock {
+    /// Takes the lock on `table` (which must exist) of `target`.
+    pub async fn acquire(target: &DbTarget, table: &str) -> WriteLock {
+        use crate::target::TargetKind;
+        let conn = match &target.kind {
+            TargetKind::MySql { options, .. } => {
+                let mut conn = MySqlConnection::connect_with(options)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
+                // Not a prepared statement: MySQL does not prepare LOCK TABLES.
+                sqlx::raw_sql(&format!("LOCK TABLES {table} WRITE"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("lock {table}: {e}"));
+                LockConnection::MySql(conn)
+            }
+            TargetKind::Sqlite { path } => {
+                let mut conn = sqlx::sqlite::SqliteConnection::connect_with(
+                    &crate::target::sqlite_options(path, false),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("open {target}: {e}"));
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("lock {target}: {e}"));
+                LockConnection::Sqlite(conn)
+            }
+        };
+        WriteLock { conn }
+    }
+
+    /// Releases the lock and closes its connection.
+    pub async fn release(self) {
+        match self.conn {
+            LockConnection::MySql(mut conn) => {
+                sqlx::raw_sql("UNLOCK TABLES")
+                    .execute(&mut conn)
+                    .await
+                    .expect("unlock tables");
+                conn.close().await.ok();
+            }
+            LockConnection::Sqlite(mut conn) => {
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("end the locking transaction");
+                conn.close().await.ok();
+            }
+        }
+    }
+}

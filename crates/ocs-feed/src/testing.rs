@@ -380,6 +380,22 @@ impl Subscriber {
         .unwrap_or_else(|_| panic!("no event on {topic} within {limit:?}"))
     }
 
+    /// The next event on `topic` (others are skipped), or `None` when none
+    /// comes within `limit` or the subscriber has ended.
+    pub async fn try_next_on(&mut self, topic: &str, limit: Duration) -> Option<Value> {
+        tokio::time::timeout(limit, async {
+            loop {
+                let v = self.lines.recv().await?;
+                if v["topic"] == topic {
+                    return Some(v);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Tells the subscriber to leave and waits (briefly) for it to exit.
     pub async fn stop(mut self) {
         use tokio::io::AsyncWriteExt;
