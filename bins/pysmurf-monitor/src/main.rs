@@ -266,6 +266,7 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(log_counters_on_sigusr1(monitor.stats()));
     let agent_task = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -283,6 +284,20 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         .context("the OCS agent task failed")?
         .context("OCS agent")?;
     Ok(())
+}
+
+/// SIGUSR1 logs every counter (`counters={...}`, as the final log line
+/// does): the numbers of `run`'s session data, without a router.
+async fn log_counters_on_sigusr1(stats: std::sync::Arc<monitor_core::MonitorStats>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::error!("cannot install the SIGUSR1 handler");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        let counters = serde_json::Value::Object(stats.snapshot());
+        tracing::info!(%counters, "SIGUSR1: counters");
+    }
 }
 
 /// SIGINT or SIGTERM cancels `shutdown` (the pipeline then drains and exits 0).

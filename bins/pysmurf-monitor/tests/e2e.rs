@@ -855,3 +855,32 @@ async fn a_second_agent_with_the_same_instance_id_exits_with_a_clear_error() {
     assert_eq!(first.terminate(), 0);
     db.close().await;
 }
+
+/// An instance-id longer than its column would have every row refused: the
+/// monitor refuses to start instead, saying why.
+#[test]
+fn an_instance_id_too_long_for_its_column_is_refused_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    let too_long = "pysmurf-monitor-instance-id-33-ch";
+    assert_eq!(too_long.len(), 33);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pysmurf-monitor"))
+        .current_dir(work.path())
+        .env_remove("OCS_CONFIG_DIR")
+        .args(["--udp-host", "127.0.0.1", "--udp-port", "0"])
+        .args([
+            "--site-hub",
+            "ws://127.0.0.1:1/ws",
+            "--instance-id",
+            too_long,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "instance_id \"{too_long}\" is longer than the 32 characters its column holds"
+        )),
+        "{stderr}"
+    );
+}

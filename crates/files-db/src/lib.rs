@@ -50,5 +50,5 @@ pub use db::{
 };
 pub use error::{ConfigError, DbError, FailureKind};
 pub use row::{FileRow, StoredFile};
-pub use schema::{table_name, COLUMNS, SCHEMA_VERSION, TABLE_PREFIX};
+pub use schema::{max_chars, table_name, COLUMNS, SCHEMA_VERSION, TABLE_PREFIX};
 pub use target::{Backend, DbTarget, DEFAULT_DATABASE, MYSQL_ENV_VARS};

@@ -30,6 +30,23 @@ pub const COLUMNS: [&str; 16] = [
     "socs_version",
 ];
 
+/// The most characters a text column holds (its `VARCHAR(n)`), or `None`
+/// for a column that is not text. A longer value is refused by the database
+/// (by MariaDB's strict mode and SQLite's `CHECK`s alike).
+///
+/// ```
+/// assert_eq!(files_db::max_chars("instance_id"), Some(32));
+/// assert_eq!(files_db::max_chars("md5sum"), None);
+/// ```
+pub fn max_chars(column: &str) -> Option<usize> {
+    match column {
+        "path" => Some(260),
+        "action" | "format" | "site" | "pub_id" | "script_id" | "instance_id" => Some(32),
+        "pysmurf_version" | "socs_version" => Some(64),
+        _ => None,
+    }
+}
+
 /// The table name of `version`, e.g. `pysmurf_files_v1`.
 ///
 /// ```
@@ -89,6 +106,23 @@ mod tests {
             "other",
         ] {
             assert_eq!(version_of(name), None, "{name}");
+        }
+    }
+
+    /// [`max_chars`] says what the MariaDB DDL declares, for every column.
+    #[test]
+    fn max_chars_matches_the_ddl() {
+        let create = &create_statements(Backend::MySql)[0];
+        for column in COLUMNS {
+            let line = create
+                .lines()
+                .map(str::trim)
+                .find(|line| line.split_whitespace().next() == Some(column))
+                .unwrap();
+            let declared = line
+                .split_once("VARCHAR(")
+                .map(|(_, rest)| rest.split_once(')').unwrap().0.parse().unwrap());
+            assert_eq!(max_chars(column), declared, "{line}");
         }
     }
 

@@ -223,6 +223,18 @@ impl MonitorProcess {
 
     /// Waits for a log line containing `needle`, within `within`; returns it.
     /// Lines read while waiting are consumed.
+    /// The monitor's counters now: SIGUSR1 makes it log them.
+    pub fn counters(&self) -> serde_json::Value {
+        Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let line = self.wait_for_log("SIGUSR1: counters", Duration::from_secs(10));
+        let json = line.split_once("counters=").expect("counters=").1;
+        // The last field of the line: the JSON object runs to its end.
+        serde_json::from_str(json.trim()).expect("the counters are JSON")
+    }
+
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {

@@ -127,6 +127,17 @@ pub enum MonitorError {
     /// A feed could not be registered on the agent.
     #[error("cannot register feed")]
     Feed(#[from] ocs_feed::FeedError),
+    /// A [`Recorder`] value does not fit its column: every row would be
+    /// refused by the database.
+    #[error("{column} {value:?} is longer than the {max} characters its column holds")]
+    RecorderTooLong {
+        /// The column: `site`, `instance_id` or `socs_version`.
+        column: &'static str,
+        /// The value.
+        value: String,
+        /// The column's size.
+        max: usize,
+    },
 }
 
 /// The pysmurf monitor pipeline, ready to run on a socket.
@@ -194,6 +205,20 @@ impl Monitor {
         spool_dir: PathBuf,
         options: PipelineOptions,
     ) -> Result<Self, MonitorError> {
+        for (column, value) in [
+            ("site", &recorder.site),
+            ("instance_id", &recorder.instance_id),
+            ("socs_version", &recorder.program),
+        ] {
+            let max = files_db::max_chars(column).unwrap_or(usize::MAX);
+            if value.chars().count() > max {
+                return Err(MonitorError::RecorderTooLong {
+                    column,
+                    value: value.clone(),
+                    max,
+                });
+            }
+        }
         let spool = Spool::open(&spool_dir).await?;
         let hasher = FileHasher::new(options.hash_concurrency, options.wait_policy)
             .with_data_roots(&options.data_roots)
