@@ -79,5 +79,5 @@ pub use pipeline::{
 };
 pub use registration::{file_row, registered_path, Recorder};
 pub use socket::{bind_udp, RECEIVE_BUFFER_BYTES};
-pub use spool::{Spool, SpoolError, SpoolId, SpoolPage, SpooledRecord};
+pub use spool::{Spool, SpoolCursor, SpoolError, SpoolId, SpoolPage, SpooledRecord};
 pub use stats::{MonitorStats, RejectReason};

@@ -3,7 +3,7 @@
 //! Every accepted `data_file` / `g3_file` datagram is appended to the spool
 //! before anything else happens to it, and leaves it only when the caller
 //! acknowledges it (its row is committed, or it went to the dead-letter
-//! file). [`Spool::read_after`] reads it back in id order, a page at a
+//! file). [`Spool::read_page`] reads it back in id order, a page at a
 //! time: at start-up for replay, and whenever the consumer fell behind and
 //! let go of records it could not hold in memory.
 //!
@@ -37,7 +37,7 @@
 //! What it does not do: it never parses datagrams (they are opaque bytes
 //! here), and it does not deduplicate a replay against the files database —
 //! a record committed to the database whose ack was lost comes back from
-//! [`Spool::read_after`], and the replaying side must skip rows already
+//! [`Spool::read_page`], and the replaying side must skip rows already
 //! present.
 
 use std::collections::HashSet;
@@ -102,6 +102,14 @@ const STATEMENT_CACHE: usize = MAX_INSERT_ROWS + 16;
 /// Consecutive failed transactions between two error logs.
 const FAILURE_LOG_EVERY: u64 = 1024;
 
+/// The query of a page from the first row on (`id >= i64::MIN`).
+const READ_FROM_START: &str = "SELECT id, received_at_ns, sender, datagram FROM spool \
+    WHERE id >= ? ORDER BY id LIMIT ?";
+
+/// The query of a page after a given id.
+const READ_AFTER: &str = "SELECT id, received_at_ns, sender, datagram FROM spool \
+    WHERE id > ? ORDER BY id LIMIT ?";
+
 /// Rows read per query by [`Spool::pending`].
 const PENDING_PAGE: usize = 1024;
 
@@ -115,7 +123,7 @@ impl fmt::Display for SpoolId {
     }
 }
 
-/// A record still in the spool, as returned by [`Spool::read_after`].
+/// A record still in the spool, as returned by [`Spool::read_page`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpooledRecord {
     /// Its id, as returned by the append that stored it.
@@ -129,14 +137,36 @@ pub struct SpooledRecord {
     pub datagram: Arc<[u8]>,
 }
 
-/// One page of [`Spool::read_after`]: records in id order.
+/// Where a [`Spool::read_page`] starts: at the first record, or at a given
+/// id. Pages hand back the cursor of the next page, which also moves past
+/// corrupt records (whose ids may not even be valid [`SpoolId`]s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolCursor {
+    /// Rows with ids above this are read; `None`: every row.
+    after: Option<i64>,
+}
+
+impl SpoolCursor {
+    /// Before the first record.
+    pub const START: SpoolCursor = SpoolCursor { after: None };
+
+    /// At `id`: the records with ids from `id` on.
+    pub fn from_id(id: SpoolId) -> SpoolCursor {
+        SpoolCursor {
+            // An id beyond i64 was never handed out: nothing is at or after it.
+            after: Some(i64::try_from(id.0).map_or(i64::MAX, |id| id - 1)),
+        }
+    }
+}
+
+/// One page of [`Spool::read_page`]: records in id order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolPage {
     /// The records of the page that could be decoded.
     pub records: Vec<SpooledRecord>,
-    /// The largest id the page looked at, corrupt records included: where
-    /// the next page starts. `None` when the page is empty.
-    pub last_id: Option<SpoolId>,
+    /// Where the next page starts: past every row this page looked at,
+    /// corrupt ones included.
+    pub next: SpoolCursor,
     /// No record after this page existed when it was read.
     pub is_last: bool,
 }
@@ -204,6 +234,13 @@ pub enum SpoolError {
         /// SQLite's error, shared by every command of the failed transaction.
         #[source]
         source: Arc<sqlx::Error>,
+    },
+    /// The spool's ids are used up (only a foreign writer can get there:
+    /// ids start at 1 and count up by one per record). Nothing was appended.
+    #[error("cannot append to the spool {path}: its ids are used up")]
+    IdsExhausted {
+        /// The spool file.
+        path: PathBuf,
     },
     /// The pending records could not be read.
     #[error("cannot read the pending records of the spool {path}")]
@@ -364,7 +401,7 @@ impl Spool {
     ///
     /// Dropping the returned future after it started does not withdraw the
     /// record: it may still be stored (and then comes back from
-    /// [`read_after`](Self::read_after) at the next start), but its id is lost to
+    /// [`read_page`](Self::read_page) at the next start), but its id is lost to
     /// the caller.
     pub async fn append(
         &self,
@@ -420,33 +457,26 @@ impl Spool {
             .unwrap_or_else(|_| Err(self.closed("acknowledge records in")))
     }
 
-    /// Up to `limit` records not acknowledged yet with ids after `after`
-    /// (from the first record when `None`), smallest id first. The page
-    /// sees every append and ack that returned before it was asked for.
+    /// Up to `limit` records not acknowledged yet, from `from` on, smallest
+    /// id first. The page sees every append and ack that returned before it
+    /// was asked for.
     ///
-    /// A record that cannot be decoded (a sender that does not parse, a
-    /// field of the wrong type) is left out, logged with its id at error
-    /// level and counted in
+    /// A record that cannot be decoded (a NULL, a sender that does not
+    /// parse, a field of the wrong type, an id this program never hands out)
+    /// is left out, logged with its id at error level and counted in
     /// [`corrupt_records_skipped`](Self::corrupt_records_skipped); it stays
     /// in the file (and in [`depth`](Self::depth)) until acknowledged by id.
-    /// It still counts towards `limit` and [`SpoolPage::last_id`], so paging
-    /// goes past it.
-    pub async fn read_after(
+    /// It still counts towards `limit`, and the page's
+    /// [`next`](SpoolPage::next) goes past it.
+    pub async fn read_page(
         &self,
-        after: Option<SpoolId>,
+        from: SpoolCursor,
         limit: usize,
     ) -> Result<SpoolPage, SpoolError> {
-        // Ids beyond i64 are never handed out: nothing comes after one.
-        let Ok(after) = after.map_or(Ok(0), |id| i64::try_from(id.0)) else {
-            return Ok(SpoolPage {
-                is_last: true,
-                ..SpoolPage::default()
-            });
-        };
         let (reply, answer) = oneshot::channel();
         self.send(
             Command::Read {
-                after,
+                from,
                 limit: limit.max(1),
                 reply,
             },
@@ -457,19 +487,19 @@ impl Spool {
     }
 
     /// Every record not acknowledged yet, smallest id first: all the pages
-    /// of [`read_after`](Self::read_after) at once, so the whole answer is
+    /// of [`read_page`](Self::read_page) at once, so the whole answer is
     /// in memory (at most the spool's size on disk). For tools and tests;
     /// the pipeline pages.
     pub async fn pending(&self) -> Result<Vec<SpooledRecord>, SpoolError> {
         let mut records = Vec::new();
-        let mut after = None;
+        let mut from = SpoolCursor::START;
         loop {
-            let page = self.read_after(after, PENDING_PAGE).await?;
+            let page = self.read_page(from, PENDING_PAGE).await?;
             records.extend(page.records);
             if page.is_last {
                 return Ok(records);
             }
-            after = page.last_id;
+            from = page.next;
         }
     }
 
@@ -614,7 +644,8 @@ async fn prepare(conn: &mut SqliteConnection) -> Result<Opened, Prepare> {
     tx.commit().await?;
     Ok(Opened {
         rows: u64::try_from(rows).unwrap_or(0),
-        next_id: max_id.max(high_water.unwrap_or(0)).saturating_add(1),
+        // Ids start at 1, whatever a foreign writer left below that.
+        next_id: max_id.max(high_water.unwrap_or(0)).max(0).saturating_add(1),
     })
 }
 
@@ -665,7 +696,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     Read {
-        after: i64,
+        from: SpoolCursor,
         limit: usize,
         reply: oneshot::Sender<Result<SpoolPage, SpoolError>>,
     },
@@ -726,13 +757,9 @@ impl Writer {
                     // carried out; later sends fail.
                     Command::Close => queue.close(),
                     // Reads see every write queued before them.
-                    Command::Read {
-                        after,
-                        limit,
-                        reply,
-                    } => {
+                    Command::Read { from, limit, reply } => {
                         self.write(std::mem::take(&mut writes)).await;
-                        let _ = reply.send(self.read(after, limit).await);
+                        let _ = reply.send(self.read(from, limit).await);
                     }
                     write => writes.push(write),
                 }
@@ -747,19 +774,40 @@ impl Writer {
 
     /// Commits the appends and acks of `commands` in one transaction and
     /// answers each of them.
-    async fn write(&mut self, commands: Vec<Command>) {
-        if commands.is_empty() {
-            return;
-        }
+    async fn write(&mut self, mut commands: Vec<Command>) {
         let first_id = self.next_id;
-        let appended: usize = commands
+        let mut appended: usize = commands
             .iter()
             .map(|c| match c {
                 Command::Append { records, .. } => records.len(),
                 _ => 0,
             })
             .sum();
-        self.next_id = first_id.saturating_add(i64::try_from(appended).unwrap_or(i64::MAX));
+        // The id after the last one handed out; i64::MAX itself is never an id.
+        match i64::try_from(appended)
+            .ok()
+            .and_then(|n| first_id.checked_add(n))
+        {
+            Some(next_id) => self.next_id = next_id,
+            None => {
+                tracing::error!(spool = %self.path.display(), "spool ids are used up; appends fail");
+                commands.retain_mut(|command| match command {
+                    Command::Append { reply, .. } => {
+                        let (closed, _) = oneshot::channel();
+                        let reply = std::mem::replace(reply, closed);
+                        let _ = reply.send(Err(SpoolError::IdsExhausted {
+                            path: self.path.clone(),
+                        }));
+                        false
+                    }
+                    _ => true,
+                });
+                appended = 0;
+            }
+        }
+        if commands.is_empty() {
+            return;
+        }
 
         match self.commit(&commands, first_id).await {
             Ok(removed) => {
@@ -787,8 +835,9 @@ impl Writer {
                 for command in commands {
                     match command {
                         Command::Append { records, reply } => {
-                            let ids = (next..next + records.len() as i64)
-                                .map(|id| SpoolId(id as u64))
+                            // Ids from 1 to i64::MAX - 1 (checked above).
+                            let ids = (0..records.len())
+                                .map(|offset| SpoolId((next + offset as i64) as u64))
                                 .collect();
                             next += records.len() as i64;
                             let _ = reply.send(Ok(ids));
@@ -876,7 +925,7 @@ impl Writer {
         Ok(removed)
     }
 
-    async fn read(&mut self, after: i64, limit: usize) -> Result<SpoolPage, SpoolError> {
+    async fn read(&mut self, from: SpoolCursor, limit: usize) -> Result<SpoolPage, SpoolError> {
         let read_error = |source| SpoolError::Read {
             path: self.path.clone(),
             source,
@@ -884,24 +933,26 @@ impl Writer {
         let conn = connection(&mut self.conn, &self.options)
             .await
             .map_err(read_error)?;
-        let rows = sqlx::query(
-            "SELECT id, received_at_ns, sender, datagram FROM spool \
-             WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(read_error)?;
+        // From the start, every row: even one whose id is i64::MIN.
+        let (sql, bound) = match from.after {
+            None => (READ_FROM_START, i64::MIN),
+            Some(after) => (READ_AFTER, after),
+        };
+        let rows = sqlx::query(sql)
+            .bind(bound)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(read_error)?;
         let mut page = SpoolPage {
             records: Vec::with_capacity(rows.len()),
-            last_id: None,
+            next: from,
             is_last: rows.len() < limit,
         };
         for row in &rows {
             // The rowid alias is always an integer.
             let id: i64 = row.try_get(0).map_err(read_error)?;
-            page.last_id = u64::try_from(id).ok().map(SpoolId);
+            page.next = SpoolCursor { after: Some(id) };
             match decode(id, row) {
                 Ok(record) => page.records.push(record),
                 Err(problem) => {
@@ -932,9 +983,10 @@ async fn insert(
     first_id: i64,
 ) -> Result<(), sqlx::Error> {
     let mut query = sqlx::query(sql.get(rows.len()));
-    for (id, record) in (first_id..).zip(rows) {
+    // Offsets, not a `first_id..` range: its successor could overflow.
+    for (offset, record) in rows.iter().enumerate() {
         query = query
-            .bind(id)
+            .bind(first_id + offset as i64)
             .bind(record.received_at_ns)
             .bind(record.sender.as_str())
             .bind(&*record.datagram);
@@ -968,18 +1020,31 @@ async fn connection<'c>(
 
 /// A stored row back to a record; the error says which field is wrong.
 fn decode(id: i64, row: &SqliteRow) -> Result<SpooledRecord, String> {
+    let id = u64::try_from(id)
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| format!("id {id} was never handed out (ids start at 1)"))?;
+    // Declared NOT NULL, but a file written by another program may hold
+    // NULLs, which would otherwise read as 0 or empty.
     let received_at_ns: i64 = row
-        .try_get(1)
-        .map_err(|err| format!("received_at_ns: {err}"))?;
+        .try_get::<Option<i64>, _>(1)
+        .map_err(|err| format!("received_at_ns: {err}"))?
+        .ok_or("received_at_ns is NULL")?;
     let received_at = time_from_nanos(received_at_ns)
         .ok_or_else(|| format!("received_at_ns {received_at_ns} is out of range"))?;
-    let sender: String = row.try_get(2).map_err(|err| format!("sender: {err}"))?;
+    let sender: String = row
+        .try_get::<Option<String>, _>(2)
+        .map_err(|err| format!("sender: {err}"))?
+        .ok_or("sender is NULL")?;
     let sender = sender
         .parse()
         .map_err(|err| format!("sender {sender:?}: {err}"))?;
-    let datagram: &[u8] = row.try_get(3).map_err(|err| format!("datagram: {err}"))?;
+    let datagram: &[u8] = row
+        .try_get::<Option<&[u8]>, _>(3)
+        .map_err(|err| format!("datagram: {err}"))?
+        .ok_or("datagram is NULL")?;
     Ok(SpooledRecord {
-        id: SpoolId(u64::try_from(id).map_err(|_| format!("negative id {id}"))?),
+        id: SpoolId(id),
         received_at,
         sender,
         datagram: Arc::from(datagram),
@@ -1112,12 +1177,13 @@ mod tests {
         assert!(earlier < spool.first_id_of_this_run());
         assert_eq!(spool.first_id_of_this_run(), now);
         // Past the largest id there is nothing, and that page is the last.
-        let page = spool.read_after(Some(now), 10).await.unwrap();
+        let from = SpoolCursor::from_id(SpoolId(now.0 + 1));
+        let page = spool.read_page(from, 10).await.unwrap();
         assert_eq!(
             page,
             SpoolPage {
                 records: vec![],
-                last_id: None,
+                next: from,
                 is_last: true
             }
         );
@@ -1320,6 +1386,8 @@ mod tests {
         let mut raw = connect_options(&path, LOCK_WAIT).connect().await.unwrap();
         let next = good[3].0 as i64;
         for (id, time, sender, datagram) in [
+            (i64::MIN, "1", "127.0.0.2:1", "never handed out"),
+            (0, "1", "127.0.0.2:1", "never handed out"),
             (next + 1, "1", "not an address", "x"),
             (next + 2, "yesterday", "127.0.0.2:1", "x"),
             (next + 3, "1", "127.0.0.2:1", "valid"),
@@ -1344,39 +1412,41 @@ mod tests {
         raw.close().await.unwrap();
 
         let spool = open(dir.path()).await;
-        assert_eq!(spool.depth(), 7);
+        assert_eq!(spool.depth(), 9);
         let ids = pending_ids(&spool).await;
         assert_eq!(ids, vec![good[0].0, good[2].0, good[3].0, good[3].0 + 3]);
-        assert_eq!(spool.corrupt_records_skipped(), 3);
+        assert_eq!(spool.corrupt_records_skipped(), 5);
         // Skipping again does not count the same records twice.
         assert_eq!(pending_ids(&spool).await.len(), 4);
-        assert_eq!(spool.corrupt_records_skipped(), 3);
+        assert_eq!(spool.corrupt_records_skipped(), 5);
         // Pages of two: a page of corrupt records is empty but still moves
         // the reader past them.
         let mut pages = Vec::new();
-        let mut after = None;
+        let mut from = SpoolCursor::START;
         loop {
-            let page = spool.read_after(after, 2).await.unwrap();
+            let page = spool.read_page(from, 2).await.unwrap();
             let ids: Vec<u64> = page.records.iter().map(|r| r.id.0).collect();
-            pages.push((ids, page.last_id.map(|id| id.0), page.is_last));
+            pages.push((ids, page.next, page.is_last));
             if page.is_last {
                 break;
             }
-            after = page.last_id;
+            from = page.next;
         }
         let n = next as u64;
+        let past = |id: u64| SpoolCursor::from_id(SpoolId(id + 1));
         assert_eq!(
             pages,
             vec![
-                (vec![good[0].0], Some(good[1].0), false),
-                (vec![good[2].0, good[3].0], Some(n), false),
-                (vec![], Some(n + 2), false),
-                (vec![n + 3], Some(n + 3), true),
+                (vec![], past(0), false),
+                (vec![good[0].0], past(good[1].0), false),
+                (vec![good[2].0, good[3].0], past(n), false),
+                (vec![], past(n + 2), false),
+                (vec![n + 3], past(n + 3), true),
             ]
         );
         // A corrupt record goes away when acknowledged by id.
         spool.ack(&[SpoolId(next as u64 + 1)]).await.unwrap();
-        assert_eq!(spool.depth(), 6);
+        assert_eq!(spool.depth(), 8);
         spool.close().await;
     }
 

@@ -27,7 +27,7 @@ use crate::dead_letter::{epoch_seconds, DeadLetter, DeadLetters};
 use crate::guard::{AllowList, LogLimiter};
 use crate::hasher::{FileHasher, WaitPolicy};
 use crate::registration::{file_row, registered_path, Recorder};
-use crate::spool::{Spool, SpoolId, SpooledRecord};
+use crate::spool::{Spool, SpoolCursor, SpoolId, SpooledRecord};
 use crate::stats::{MonitorStats, RejectReason};
 
 mod batch;

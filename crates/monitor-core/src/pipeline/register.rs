@@ -55,7 +55,9 @@ pub(super) async fn spool_stage(
     }
     // Where reading back resumes: `Some` while registrations wait in the
     // spool only. At start-up, everything an earlier run left is waiting.
-    let mut behind = Some(ReadBack { after: None });
+    let mut behind = Some(ReadBack {
+        from: SpoolCursor::START,
+    });
     let mut group = Vec::with_capacity(SPOOL_GROUP);
     loop {
         tokio::select! {
@@ -77,7 +79,7 @@ pub(super) async fn spool_stage(
                                 ..registration
                             }),
                             Err(_) => {
-                                behind = Some(ReadBack { after: id.0.checked_sub(1).map(SpoolId) });
+                                behind = Some(ReadBack { from: SpoolCursor::from_id(id) });
                             }
                         },
                         // Safe in the spool; read back when its turn comes.
@@ -97,10 +99,10 @@ pub(super) async fn spool_stage(
     }
 }
 
-/// Where reading back from the spool resumes.
+/// Where reading back from the spool resumes: past the last record handed
+/// to hashing or skipped.
 struct ReadBack {
-    /// The last record handed to hashing or skipped; `None`: from the start.
-    after: Option<SpoolId>,
+    from: SpoolCursor,
 }
 
 /// Hashes registrations and hands their rows to the batcher.
@@ -135,7 +137,7 @@ impl Hashing {
         let shared = &self.shared;
         // This task is the only one taking slots: those free now stay free.
         let limit = (1 + self.slots.available_permits()).min(READ_BACK_PAGE);
-        let page = match shared.spool.read_after(from.after, limit).await {
+        let page = match shared.spool.read_page(from.from, limit).await {
             Ok(page) => page,
             Err(err) => {
                 shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -168,7 +170,7 @@ impl Hashing {
             });
         }
         self.start(ready);
-        from.after = page.last_id.or(from.after);
+        from.from = page.next;
         page.is_last
     }
 
