@@ -884,3 +884,70 @@ fn an_instance_id_too_long_for_its_column_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// A file the monitor may not read is dead-lettered with the operating
+/// system's reason, and the files around it land. The tests run as root,
+/// who reads any file: the monitor runs without the capabilities that allow
+/// it (as it would as a plain user in production).
+#[tokio::test]
+async fn a_file_without_read_permission_is_dead_lettered_and_the_others_land() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    let wrapper: &[&str] = if is_root {
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--",
+        ]
+    } else {
+        &[]
+    };
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let (before, locked, after) = (
+        data.join("a.dat"),
+        data.join("locked.dat"),
+        data.join("b.dat"),
+    );
+    for path in [&before, &locked, &after] {
+        write_file(path, b"bytes");
+    }
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let monitor = MonitorProcess::start_under(wrapper, work.path(), &[], &["--file-wait", "1"]);
+    let mut publisher = monitor.publisher();
+    for path in [&before, &locked, &after] {
+        publisher
+            .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
+            .unwrap();
+    }
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 2, Duration::from_secs(20)).await;
+    only_row(&db, &before).await;
+    only_row(&db, &after).await;
+    assert!(db
+        .files_by_path(locked.to_str().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    let letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&letters).is_ok_and(|text| text.contains("locked.dat")) {
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter for the locked file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&letters).unwrap();
+    assert!(text.contains("Permission denied"), "{text}");
+    let (code, counters, _) = monitor.terminate_with_log();
+    assert_eq!(code, 0);
+    assert_eq!(counters["dead_letters"], 1, "{counters}");
+    assert_eq!(counters["files_registered"], 2, "{counters}");
+    db.close().await;
+}

@@ -31,7 +31,26 @@ impl MonitorProcess {
     /// added to a clean environment (no `MYSQL_*`, no OCS config). The
     /// router address is a closed loopback port: these tests run without one.
     pub fn start(working_dir: &Path, env: &[(&str, String)], extra_args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pysmurf-monitor"));
+        Self::start_under(&[], working_dir, env, extra_args)
+    }
+
+    /// [`start`](Self::start), run by `wrapper` (a program and its
+    /// arguments that then execs the monitor, e.g. `setpriv ...`).
+    pub fn start_under(
+        wrapper: &[&str],
+        working_dir: &Path,
+        env: &[(&str, String)],
+        extra_args: &[&str],
+    ) -> Self {
+        let binary = env!("CARGO_BIN_EXE_pysmurf-monitor");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         for name in MYSQL_ENV_VARS {
             command.env_remove(name);
         }

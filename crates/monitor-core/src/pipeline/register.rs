@@ -268,7 +268,7 @@ impl Hashing {
                         &err.to_string(),
                     );
                 }
-                dead_letter(shared, &registration.received, err.to_string());
+                dead_letter(shared, &registration.received, with_causes(&err));
                 if let Some(id) = registration.spool_id {
                     ack(shared, &[id]).await;
                 }
@@ -345,4 +345,17 @@ async fn registration_from(
             None
         }
     }
+}
+
+/// An error's message followed by its causes (`Display` alone leaves out
+/// e.g. the "Permission denied" of an unreadable file).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
