@@ -360,7 +360,7 @@ impl FilesDb {
         let action = || describe_insert(&self.table, rows);
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            for chunk in statement_chunks(rows, ROWS_PER_STATEMENT) {
                 insert_statement(&self.table, chunk)
                     .build()
                     .execute(&mut *tx)
@@ -385,7 +385,7 @@ impl FilesDb {
         let mut summary = InsertSummary::default();
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            for chunk in statement_chunks(rows, ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::new(format!(
                     "SELECT path, md5sum, pub_id, action_timestamp FROM {} WHERE path IN (",
                     self.table
@@ -424,8 +424,8 @@ impl FilesDb {
                     .collect();
                 summary.skipped += (chunk.len() - fresh.len()) as u64;
                 summary.inserted += fresh.len() as u64;
-                if !fresh.is_empty() {
-                    insert_statement(&self.table, &fresh)
+                for fresh in statement_chunks(&fresh, ROWS_PER_STATEMENT) {
+                    insert_statement(&self.table, fresh)
                         .build()
                         .execute(&mut *tx)
                         .await
@@ -567,7 +567,7 @@ impl FilesDb {
             )
         };
         let mut stored = HashSet::new();
-        for chunk in paths.chunks(ROWS_PER_STATEMENT) {
+        for chunk in statement_chunks(paths, ROWS_PER_STATEMENT) {
             let found: Vec<(String, Vec<u8>)> = with_pool!(self, |pool| {
                 let mut query = QueryBuilder::new(format!(
                     "SELECT path, md5sum FROM {} WHERE path IN (",
@@ -688,6 +688,33 @@ fn describe_insert(table: &str, rows: &[FileRow]) -> String {
 }
 
 /// `INSERT INTO table (...) VALUES (...), (...)` for `rows`, every value bound.
+/// `items` in slices of `max_rows`, the rest in decreasing powers of two:
+/// how to cut rows into multi-row statements. A statement's text depends on
+/// its row count, and each distinct text is a prepared statement the
+/// connection keeps (a 1000-row insert is megabytes in SQLite); cut this way,
+/// only `log2(max_rows) + 2` sizes are ever prepared, whatever sizes the
+/// batches have.
+///
+/// ```
+/// let rows = vec![(); 2345];
+/// let sizes: Vec<usize> = files_db::statement_chunks(&rows, 1000).map(<[()]>::len).collect();
+/// assert_eq!(sizes, [1000, 1000, 256, 64, 16, 8, 1]);
+/// ```
+pub fn statement_chunks<T>(items: &[T], max_rows: usize) -> impl Iterator<Item = &[T]> {
+    let max_rows = max_rows.max(1);
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let size = match rest.len() {
+            0 => return None,
+            n if n >= max_rows => max_rows,
+            n => 1 << n.ilog2(),
+        };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 fn insert_statement<'a, DB>(table: &str, rows: &'a [FileRow]) -> QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
@@ -726,4 +753,26 @@ where
 fn whole_seconds_utc(time: DateTime<Utc>) -> NaiveDateTime {
     let naive = time.naive_utc();
     naive.with_nanosecond(0).unwrap_or(naive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_chunks_cover_every_row_in_few_sizes() {
+        let sizes = |n: usize| -> Vec<usize> {
+            statement_chunks(&vec![0u8; n], ROWS_PER_STATEMENT)
+                .map(<[u8]>::len)
+                .collect()
+        };
+        assert!(sizes(0).is_empty());
+        let mut distinct = HashSet::new();
+        for n in 0..3000 {
+            let chunks = sizes(n);
+            assert_eq!(chunks.iter().sum::<usize>(), n);
+            distinct.extend(chunks);
+        }
+        assert_eq!(distinct.len(), 11, "{distinct:?}");
+    }
 }

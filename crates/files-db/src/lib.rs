@@ -45,8 +45,8 @@ mod target;
 pub mod testing;
 
 pub use db::{
-    ColumnInfo, CreateOutcome, DbStatus, DropOutcome, FileFilter, FilesDb, InsertSummary,
-    TableStatus,
+    statement_chunks, ColumnInfo, CreateOutcome, DbStatus, DropOutcome, FileFilter, FilesDb,
+    InsertSummary, TableStatus,
 };
 pub use error::{ConfigError, DbError, FailureKind};
 pub use row::{FileRow, StoredFile};

@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use files_db::statement_chunks;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode, SqliteRow,
     SqliteSynchronous,
@@ -92,12 +93,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Most rows per multi-row `INSERT` (4 parameters each, far below SQLite's
 /// limit of 32766). A batch of n rows is n / 256 statements of 256 rows and
-/// one of the remainder, so at most 256 distinct statements are prepared.
+/// the rest in decreasing powers of two, so only 9 distinct statements are
+/// ever prepared (each is memory kept by the connection).
 const MAX_INSERT_ROWS: usize = 256;
 
 /// Prepared statements each connection keeps: every `INSERT` size, plus the
 /// few other statements.
-const STATEMENT_CACHE: usize = MAX_INSERT_ROWS + 16;
+const STATEMENT_CACHE: usize = 32;
 
 /// Consecutive failed transactions between two error logs.
 const FAILURE_LOG_EVERY: u64 = 1024;
@@ -901,7 +903,7 @@ impl Writer {
         // One statement is a transaction of its own: one round trip to
         // SQLite's thread instead of three (begin, statement, commit), which
         // is most of the cost of the small batches of a low rate.
-        if acked.is_empty() && rows.len() <= MAX_INSERT_ROWS {
+        if acked.is_empty() && statement_chunks(&rows, MAX_INSERT_ROWS).count() <= 1 {
             if !rows.is_empty() {
                 insert(conn, &mut self.insert_sql, &rows, first_id).await?;
             }
@@ -912,7 +914,7 @@ impl Writer {
         }
         let mut tx = conn.begin().await?;
         let mut id = first_id;
-        for chunk in rows.chunks(MAX_INSERT_ROWS) {
+        for chunk in statement_chunks(&rows, MAX_INSERT_ROWS) {
             insert(&mut tx, &mut self.insert_sql, chunk, id).await?;
             id += chunk.len() as i64;
         }

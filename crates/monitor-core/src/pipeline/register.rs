@@ -53,11 +53,10 @@ pub(super) async fn spool_stage(
     if left > 0 {
         tracing::info!(count = left, "replaying spooled registrations");
     }
-    // Where reading back resumes: `Some` while registrations wait in the
-    // spool only. At start-up, everything an earlier run left is waiting.
-    let mut behind = Some(ReadBack {
-        from: SpoolCursor::START,
-    });
+    // Where reading back resumes (past the last record handed to hashing
+    // or skipped): `Some` while registrations wait in the spool only. At
+    // start-up, everything an earlier run left is waiting.
+    let mut behind = Some(SpoolCursor::START);
     let mut group = Vec::with_capacity(SPOOL_GROUP);
     loop {
         tokio::select! {
@@ -79,7 +78,7 @@ pub(super) async fn spool_stage(
                                 ..registration
                             }),
                             Err(_) => {
-                                behind = Some(ReadBack { from: SpoolCursor::from_id(id) });
+                                behind = Some(SpoolCursor::from_id(id));
                             }
                         },
                         // Safe in the spool; read back when its turn comes.
@@ -97,12 +96,6 @@ pub(super) async fn spool_stage(
             }
         }
     }
-}
-
-/// Where reading back from the spool resumes: past the last record handed
-/// to hashing or skipped.
-struct ReadBack {
-    from: SpoolCursor,
 }
 
 /// Hashes registrations and hands their rows to the batcher.
@@ -133,11 +126,11 @@ impl Hashing {
     /// Hands the next page of spooled registrations to hashing, one free
     /// slot each (`slot` and as many more as are free). Returns true when
     /// nothing is left behind in the spool.
-    async fn read_back(&self, from: &mut ReadBack, slot: OwnedSemaphorePermit) -> bool {
+    async fn read_back(&self, from: &mut SpoolCursor, slot: OwnedSemaphorePermit) -> bool {
         let shared = &self.shared;
         // This task is the only one taking slots: those free now stay free.
         let limit = (1 + self.slots.available_permits()).min(READ_BACK_PAGE);
-        let page = match shared.spool.read_page(from.from, limit).await {
+        let page = match shared.spool.read_page(*from, limit).await {
             Ok(page) => page,
             Err(err) => {
                 shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +163,7 @@ impl Hashing {
             });
         }
         self.start(ready);
-        from.from = page.next;
+        *from = page.next;
         page.is_last
     }
 
