@@ -233,12 +233,15 @@ fn md5_of_file(path: &Path) -> io::Result<[u8; 16]> {
         .read(true)
         .custom_flags(O_NONBLOCK)
         .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if !kind.is_file() {
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
+    }
+    if metadata.len() >= OVERLAP_FROM {
+        return md5_overlapped(file);
     }
     thread_local! {
         // One read buffer per blocking thread, allocated once: zeroing a fresh
@@ -247,16 +250,66 @@ fn md5_of_file(path: &Path) -> io::Result<[u8; 16]> {
     }
     BUFFER.with_borrow_mut(|buffer| {
         let mut hasher = Md5::new();
-        loop {
-            match file.read(buffer) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buffer[..n]),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            }
+        while let Some(n) = read_some(&mut file, buffer)? {
+            hasher.update(&buffer[..n]);
         }
         Ok(hasher.finalize().into())
     })
+}
+
+/// Files at least this large are read on a second thread while the first
+/// hashes: reading (a copy from the page cache, or the disk) then costs no
+/// hashing time. Below it, a thread costs more than it saves.
+const OVERLAP_FROM: u64 = 8 << 20;
+
+/// [`md5_of_file`] of a large file: a reader thread fills buffers, this one
+/// hashes them, three buffers in rotation.
+fn md5_overlapped(mut file: std::fs::File) -> io::Result<[u8; 16]> {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        // The receiver is alive: sending cannot fail.
+        let _ = empty_tx.send(vec![0; READ_CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Ends at the end of the file, on an error, or when the hasher
+            // stops taking buffers.
+            while let Ok(mut buffer) = empty_rx.recv() {
+                let read = read_some(&mut file, &mut buffer);
+                let done = !matches!(read, Ok(Some(_)));
+                let sent = full_tx.send(read.map(|n| (buffer, n.unwrap_or(0))));
+                if done || sent.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut hasher = Md5::new();
+        loop {
+            match full_rx.recv() {
+                Ok(Ok((_, 0))) => return Ok(hasher.finalize().into()),
+                Ok(Ok((buffer, n))) => {
+                    hasher.update(&buffer[..n]);
+                    let _ = empty_tx.send(buffer);
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(io::Error::other("the reader thread stopped")),
+            }
+        }
+    })
+}
+
+/// One `read` into `buffer`: `Some(bytes read)`, or `None` at the end.
+fn read_some(file: &mut std::fs::File, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match file.read(buffer) {
+            Ok(0) => return Ok(None),
+            Ok(n) => return Ok(Some(n)),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,7 +344,13 @@ mod tests {
     async fn matches_md5sum_for_empty_small_and_multi_chunk_files() {
         let dir = tempfile::tempdir().unwrap();
         let hasher = FileHasher::new(2, quick());
-        for (name, len) in [("empty", 0), ("small", 13), ("big", 3 * READ_CHUNK + 7)] {
+        let large = 2 * OVERLAP_FROM as usize + 12_345;
+        for (name, len) in [
+            ("empty", 0),
+            ("small", 13),
+            ("big", 3 * READ_CHUNK + 7),
+            ("large, read on a second thread", large),
+        ] {
             let path = dir.path().join(name);
             let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             std::fs::write(&path, bytes).unwrap();
