@@ -3,7 +3,8 @@
 
 use super::*;
 
-/// Collects rows into batches (by count or after `batch_delay`) and commits
+/// Collects rows into batches (what is queued, up to `batch_rows`, waiting
+/// up to `batch_delay` for more) and commits
 /// each, retrying a failing database with backoff for as long as it takes.
 pub(super) async fn batch_stage(
     shared: Arc<Shared>,
