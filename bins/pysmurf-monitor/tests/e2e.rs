@@ -863,7 +863,7 @@ fn an_instance_id_too_long_for_its_column_is_refused_at_start() {
     let work = tempfile::tempdir().unwrap();
     let too_long = "pysmurf-monitor-instance-id-33-ch";
     assert_eq!(too_long.len(), 33);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pysmurf-monitor"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pysmurf-monitor"))
         .current_dir(work.path())
         .env_remove("OCS_CONFIG_DIR")
         .args(["--udp-host", "127.0.0.1", "--udp-port", "0"])
@@ -873,8 +873,17 @@ fn an_instance_id_too_long_for_its_column_is_refused_at_start() {
             "--instance-id",
             too_long,
         ])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A monitor that starts anyway runs until killed: fail, do not hang.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -127,6 +127,17 @@ impl FileHasher {
     /// The md5 of the file at `path`, waiting for it to appear as the
     /// [`WaitPolicy`] allows.
     pub async fn md5(&self, path: &Path) -> Result<[u8; 16], HashError> {
+        self.md5_waiting(path, || {}).await
+    }
+
+    /// [`md5`](Self::md5), calling `before_wait` each time the file is not
+    /// there yet, before waiting for it (the pipeline gives back its
+    /// in-memory slot then).
+    pub(crate) async fn md5_waiting(
+        &self,
+        path: &Path,
+        mut before_wait: impl FnMut(),
+    ) -> Result<[u8; 16], HashError> {
         let started = Instant::now();
         let mut delay = self.policy.first_delay;
         loop {
@@ -140,6 +151,7 @@ impl FileHasher {
                     waited,
                 });
             }
+            before_wait();
             tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
             let remaining = self.policy.give_up_after - waited;
             tokio::time::sleep(delay.min(remaining)).await;

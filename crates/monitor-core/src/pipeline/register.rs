@@ -8,8 +8,6 @@
 //! they are read back from the spool, in order, as slots free up. Replay
 //! at start-up is the same path: the spool starts as one long backlog.
 
-use std::time::Instant;
-
 use super::*;
 use crate::hasher::HashError;
 
@@ -201,36 +199,20 @@ impl Hashing {
     /// then hashes it. Abandoned (left in the spool) when draining ends.
     async fn wait_for_file(self, mut registration: Registration) {
         let path = PathBuf::from(registered_path(&registration.file));
-        let policy = self.shared.hasher.wait_policy();
-        let started = Instant::now();
-        let mut delay = policy.first_delay;
         let mut waiting_slot = None;
-        let result = loop {
-            let waited = started.elapsed();
-            if waited >= policy.give_up_after {
-                break Err(HashError::NeverAppeared { path, waited });
-            }
+        let give_slot_back = || {
             if waiting_slot.is_none() {
                 if let Ok(permit) = self.waiting.clone().try_acquire_owned() {
                     waiting_slot = Some(permit);
                     registration.slot = None;
                 }
             }
-            tracing::debug!(path = %path.display(), ?delay, "file not there yet; waiting");
-            let attempt = tokio::select! {
-                attempt = async {
-                    tokio::time::sleep(delay.min(policy.give_up_after - waited)).await;
-                    self.shared.hasher.md5_if_present(&path).await
-                } => attempt,
-                _ = self.drain.cancelled() => {
-                    self.shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            match attempt {
-                Ok(None) => delay = (delay * 2).min(policy.max_delay),
-                Ok(Some(md5)) => break Ok(md5),
-                Err(err) => break Err(err),
+        };
+        let result = tokio::select! {
+            result = self.shared.hasher.md5_waiting(&path, give_slot_back) => result,
+            _ = self.drain.cancelled() => {
+                self.shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
+                return;
             }
         };
         self.finish(registration, result).await;
