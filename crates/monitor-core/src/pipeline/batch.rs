@@ -1,5 +1,6 @@
 //! The batcher: rows into transactions, rejected rows out to the dead
-//! letters, a failing database retried with backoff.
+//! letters, an unreachable database probed until it answers (then retried at
+//! once), other failures retried with backoff.
 
 use super::*;
 
@@ -66,7 +67,7 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
             return true;
         };
         shared.stats.set_database_error(Some(err.to_string()));
-        tracing::error!(error = %err, retry_in = ?delay, rows = batch.len(), "database write failed; rows stay spooled");
+        tracing::error!(error = %err, rows = batch.len(), node = %shared.db.active_node(), "database write failed; rows stay spooled");
         if err.kind() == FailureKind::TableMissing && shared.options.create_missing_table {
             match shared.db.create_table().await {
                 Ok(outcome) => tracing::warn!(
@@ -77,11 +78,35 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
                 Err(err) => tracing::error!(error = %err, "cannot create the missing table"),
             }
         }
+        if err.kind() == FailureKind::Unreachable {
+            // Retried as soon as a cheap probe finds the database (or another
+            // of its nodes) taking writes again.
+            if !wait_until_reachable(shared, drain).await {
+                return false;
+            }
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = drain.cancelled() => return false,
         }
         delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Probes the database every [`PROBE_INTERVAL`] until it takes writes
+/// (moving to another node of a cluster that does). Returns `false` when
+/// draining ended first.
+async fn wait_until_reachable(shared: &Shared, drain: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = drain.cancelled() => return false,
+        }
+        match shared.db.probe().await {
+            Ok(()) => return true,
+            Err(err) => shared.stats.set_database_error(Some(err.to_string())),
+        }
     }
 }
 
