@@ -612,6 +612,16 @@ impl FilesDb {
         }
     }
 
+    /// While a MariaDB target of several nodes is on another node than the
+    /// first, how often to look whether the first answers again, and move
+    /// back to it if so (default 30 s; the look is in the background, never
+    /// in an operation's way). No effect on other targets.
+    pub fn set_node_return_interval(&self, interval: std::time::Duration) {
+        if let Pool::MySql(nodes) = &self.pool {
+            nodes.set_return_interval(interval);
+        }
+    }
+
     /// `HOST:PORT` of the MariaDB node in use (of several, the one operations
     /// go to now); the file path for SQLite.
     pub fn active_node(&self) -> String {

@@ -22,8 +22,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// While on another node than the first, how often to look whether the
-/// first answers again.
-const RETURN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// first answers again (by default).
+pub(crate) const RETURN_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The nodes of a MariaDB target and the pool of the one in use.
 pub(crate) struct MySqlNodes {
@@ -31,6 +31,8 @@ pub(crate) struct MySqlNodes {
     active: RwLock<Active>,
     /// When the first node was last looked at while another was in use.
     last_return_check: Mutex<Instant>,
+    /// How often that is done.
+    return_interval: Mutex<Duration>,
 }
 
 struct Active {
@@ -49,6 +51,7 @@ impl MySqlNodes {
                 pool: pool_for(node_options(target, index)),
             }),
             last_return_check: Mutex::new(Instant::now()),
+            return_interval: Mutex::new(RETURN_CHECK_INTERVAL),
         }
     }
 
@@ -164,13 +167,25 @@ impl MySqlNodes {
         }
     }
 
+    /// Sets how often, while on another node, the first is looked at.
+    pub(crate) fn set_return_interval(&self, interval: Duration) {
+        *self
+            .return_interval
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = interval;
+    }
+
     fn maybe_check_first_node(self: &Arc<Self>) {
+        let interval = *self
+            .return_interval
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         {
             let mut last = self
                 .last_return_check
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if last.elapsed() < RETURN_CHECK_INTERVAL {
+            if last.elapsed() < interval {
                 return;
             }
             *last = Instant::now();
