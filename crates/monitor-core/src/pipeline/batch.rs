@@ -38,6 +38,9 @@ pub(super) async fn batch_stage(
 /// uncommitted rows stay in the spool.
 async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationToken) -> bool {
     let mut delay = Duration::from_secs(1);
+    // Before the first probe after an unreachable failure; doubles while the
+    // database answers probes but the writes keep failing.
+    let mut first_probe = PROBE_INTERVAL;
     loop {
         let (fates, error) = insert_isolating_rejects(shared, batch).await;
         let mut settled = Vec::new();
@@ -81,9 +84,10 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
         if err.kind() == FailureKind::Unreachable {
             // Retried as soon as a cheap probe finds the database (or another
             // of its nodes) taking writes again.
-            if !wait_until_reachable(shared, drain).await {
+            if !wait_until_reachable(shared, first_probe, drain).await {
                 return false;
             }
+            first_probe = (first_probe * 2).min(MAX_RETRY_DELAY);
             continue;
         }
         tokio::select! {
@@ -94,15 +98,17 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
     }
 }
 
-/// Probes the database every [`PROBE_INTERVAL`] until it takes writes
-/// (moving to another node of a cluster that does). Returns `false` when
-/// draining ended first.
-async fn wait_until_reachable(shared: &Shared, drain: &CancellationToken) -> bool {
+/// Probes the database, first after `first` and then every
+/// [`PROBE_INTERVAL`], until it takes writes (moving to another node of a
+/// cluster that does). Returns `false` when draining ended first.
+async fn wait_until_reachable(shared: &Shared, first: Duration, drain: &CancellationToken) -> bool {
+    let mut wait = first;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = drain.cancelled() => return false,
         }
+        wait = PROBE_INTERVAL;
         match shared.db.probe().await {
             Ok(()) => return true,
             Err(err) => shared.stats.set_database_error(Some(err.to_string())),
