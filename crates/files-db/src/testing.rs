@@ -843,10 +843,6 @@ impl Drop for GaleraCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
-                // The whole group: the server and any state-transfer helper it ran.
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &format!("-{}", child.id())])
-                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -880,7 +876,7 @@ fn watch_child(pid: u32) -> Result<(), String> {
         .arg("-c")
         .arg(format!(
             "while kill -0 {me} 2>/dev/null; do kill -0 {pid} 2>/dev/null || exit 0; \
-             sleep 0.5; done; kill -KILL -{pid} {pid} 2>/dev/null",
+             sleep 0.5; done; kill -KILL {pid} 2>/dev/null",
             me = std::process::id(),
         ))
         .stdin(std::process::Stdio::null())

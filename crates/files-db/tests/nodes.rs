@@ -1,6 +1,6 @@
 //! A MariaDB target of several nodes (`host1:port1,host2:port2`): the pool
-//! moves to the next node when the one in use stops answering, and back to
-//! the first once it answers again. Two private MariaDB servers stand in
+//! moves to the next node when the one in use stops answering or turns
+//! read-only, and back to the first once it answers again. Two private MariaDB servers stand in
 //! for the nodes of a cluster (they do not replicate: which server a row
 //! lands in shows which node was in use).
 
@@ -57,6 +57,46 @@ async fn moves_to_the_next_node_when_one_fails_and_back_when_it_returns() {
         .unwrap();
     assert_eq!((rows_in(&first).await, rows_in(&second).await), (1, 0));
 
+    // A read-only first node (as a node being taken out of service, or a
+    // replica): its refusal (1290) is not the rows' fault; the probe passes
+    // it over for the second node. (root may write anyway: a plain user.)
+    for server in [&first, &second] {
+        server
+            .execute(None, "CREATE USER 'monitor'@'127.0.0.1'")
+            .await;
+        server
+            .execute(
+                None,
+                &format!("GRANT SELECT, INSERT ON {DATABASE}.* TO 'monitor'@'127.0.0.1'"),
+            )
+            .await;
+    }
+    first.execute(None, "SET GLOBAL read_only = ON").await;
+    let as_monitor = DbTarget::from_url(&format!(
+        "mysql://monitor@127.0.0.1:{},127.0.0.1:{}/{DATABASE}",
+        first.port(),
+        second.port()
+    ))
+    .unwrap();
+    let monitor = FilesDb::connect_lazy(&as_monitor).await.unwrap();
+    let err = monitor
+        .insert_files(&[FileRow::new("/data/r.npy", [9; 16])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), FailureKind::Unreachable, "{err}");
+    monitor.probe().await.unwrap();
+    assert_eq!(
+        monitor.active_node(),
+        format!("127.0.0.1:{}", second.port())
+    );
+    monitor
+        .insert_files(&[FileRow::new("/data/r.npy", [9; 16])])
+        .await
+        .unwrap();
+    assert_eq!((rows_in(&first).await, rows_in(&second).await), (1, 1));
+    monitor.close().await;
+    first.execute(None, "SET GLOBAL read_only = OFF").await;
+
     // The first node goes away: writes fail as unreachable; a probe finds
     // the second node and later writes go there.
     let mut first = tokio::task::spawn_blocking(move || {
@@ -76,7 +116,7 @@ async fn moves_to_the_next_node_when_one_fails_and_back_when_it_returns() {
     db.insert_files(&[FileRow::new("/data/b.npy", [2; 16])])
         .await
         .unwrap();
-    assert_eq!(rows_in(&second).await, 1);
+    assert_eq!(rows_in(&second).await, 2);
 
     // The first node returns: the pool moves back to it by itself.
     first = tokio::task::spawn_blocking(move || {
@@ -98,7 +138,7 @@ async fn moves_to_the_next_node_when_one_fails_and_back_when_it_returns() {
     db.insert_files(&[FileRow::new("/data/c.npy", [3; 16])])
         .await
         .unwrap();
-    assert_eq!((rows_in(&first).await, rows_in(&second).await), (2, 1));
+    assert_eq!((rows_in(&first).await, rows_in(&second).await), (2, 2));
 
     // Both down: the probe fails, naming the target without a password.
     let mut second = second;
