@@ -82,6 +82,13 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
             }
         }
         if err.kind() == FailureKind::Unreachable {
+            // The failed attempt may have committed before its answer was
+            // lost (a node killed between COMMIT and OK): its retry, possibly
+            // on another node, skips rows already stored, as a replay does.
+            // (Minimal stand-in for issue #14 point 6's retry de-duplication.)
+            for hashed in batch.iter_mut() {
+                hashed.registration.replayed = true;
+            }
             // Retried as soon as a cheap probe finds the database (or another
             // of its nodes) taking writes again.
             if !wait_until_reachable(shared, first_probe, drain).await {

@@ -187,7 +187,8 @@ struct Registration {
     received: Received,
     envelope: Envelope,
     file: FilePayload,
-    /// Replayed from an earlier run: its row may already be committed.
+    /// Replayed from an earlier run, or in an insert that failed without
+    /// an answer: its row may already be committed.
     replayed: bool,
     /// Its place among the registrations held in memory, given back when
     /// it is dropped (settled, or waiting for its file on a waiting slot).
