@@ -70,7 +70,7 @@ pub(crate) struct Node {
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
+        if self.host.contains(':') && !self.host.starts_with('[') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
@@ -582,6 +582,9 @@ mod tests {
         let third = t.node_options(2).unwrap();
         assert_eq!((third.get_host(), third.get_port()), ("::1", 3308));
         assert!(!format!("{t} {t:?}").contains("hunter2"));
+
+        let v6 = DbTarget::from_url("mysql://u@[::1]:3310/f").unwrap();
+        assert_eq!(v6.to_string(), "mysql://u@[::1]:3310/f");
 
         let one = DbTarget::from_url("mysql://u@db1:3310/f").unwrap();
         assert_eq!(one.node_count(), 1);
