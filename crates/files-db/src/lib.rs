@@ -38,6 +38,7 @@
 
 mod db;
 mod error;
+mod nodes;
 mod row;
 mod schema;
 mod target;
