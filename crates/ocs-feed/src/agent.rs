@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{AccessPolicy, AccessPolicyError, AccessState, Caller};
 use crate::args::SiteConfig;
 use crate::feed::{Feed, FeedError, FeedOptions, FeedQueue, Outgoing};
 use crate::ops::{self, Op, OpKind, OpOptions, OpResult, Params};
@@ -74,6 +75,20 @@ pub enum AgentError {
         /// OCS's reply message, e.g. `Operation "acq" already in progress.`.
         message: String,
     },
+    /// A declared parameter whose default does not pass its own checks (ocs's `@param`
+    /// raises `ParamError` when the decorator runs).
+    #[error("op {op:?}: parameter {param:?} is declared wrongly: {message}")]
+    BadParam {
+        /// The op.
+        op: String,
+        /// The parameter.
+        param: String,
+        /// ocs's error text for the default.
+        message: String,
+    },
+    /// The access policy is not one ocs accepts; the agent does not run unprotected.
+    #[error(transparent)]
+    AccessPolicy(#[from] AccessPolicyError),
     /// [`Agent::run`] was called while another `run` of the same agent is active.
     #[error("this agent is already running (Agent::run was called twice)")]
     RunTwice,
@@ -98,11 +113,15 @@ pub(crate) struct Shared {
     pub(crate) address: String,
     pub(crate) site: SiteConfig,
     pub(crate) hostname: String,
-    /// The agent's start time: `str(time.time())` in feed descriptors' `session_id`.
-    pub(crate) start_time: f64,
     process_session_id: String,
+    /// The access policy's state; `Err` when the configured policy is invalid (`run` refuses
+    /// to start then).
+    access: Result<Mutex<AccessState>, AccessPolicyError>,
     ops: Mutex<Vec<Op>>,
     feeds: Mutex<Vec<Feed>>,
+    /// Topics this agent subscribes to on every join (only appended to).
+    subscriptions: Mutex<Vec<Subscription>>,
+    subscriptions_changed: tokio::sync::Notify,
     heartbeat: Feed,
     pub(crate) queue: FeedQueue,
     next_session: AtomicU64,
@@ -111,6 +130,37 @@ pub(crate) struct Shared {
     running: AtomicBool,
     connected: AtomicBool,
     timing: Timing,
+}
+
+/// A user's event handler: positional and keyword arguments of each event.
+type UserHandler = Arc<dyn Fn(&[Value], &Map<String, Value>) + Send + Sync>;
+
+/// What to do with the events of a subscription.
+#[derive(Clone)]
+pub(crate) enum EventHandler {
+    /// The Access Director's `controls` feed (policy `director`).
+    AccessDirector,
+    /// A user handler: positional and keyword arguments of each event.
+    User(UserHandler),
+}
+
+/// A subscription made on every join (ocs's `subscribe_on_start`).
+#[derive(Clone)]
+pub(crate) struct Subscription {
+    pub(crate) topic: String,
+    pub(crate) options: Value,
+    pub(crate) handler: EventHandler,
+}
+
+/// The subscriptions of one connection.
+#[derive(Default)]
+struct SubscriptionState {
+    /// How many of `Shared::subscriptions` were sent SUBSCRIBE on this connection.
+    sent: usize,
+    /// SUBSCRIBE request id -> index in `Shared::subscriptions`.
+    pending: BTreeMap<u64, usize>,
+    /// Router subscription id -> indices (two local subscriptions of one topic share it).
+    active: BTreeMap<u64, Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +181,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn lock_ops(&self) -> MutexGuard<'_, Vec<Op>> {
         lock(&self.ops)
+    }
+
+    /// Runs `f` on the access state (a valid policy; an invalid one is refused at `run`,
+    /// and meanwhile nothing is allowed).
+    pub(crate) fn with_access<R>(&self, f: impl FnOnce(&mut AccessState) -> R) -> Option<R> {
+        match &self.access {
+            Ok(m) => Some(f(&mut lock(m))),
+            Err(_) => None,
+        }
+    }
+
+    /// `get_api`'s `access_control` block.
+    pub(crate) fn access_control(&self) -> Value {
+        self.with_access(|a| a.encoded()).unwrap_or(Value::Null)
+    }
+
+    pub(crate) fn add_subscription(&self, subscription: Subscription) {
+        lock(&self.subscriptions).push(subscription);
+        self.subscriptions_changed.notify_one();
+    }
+
+    /// The Access Director's address, under policy `director`.
+    fn access_director(&self) -> Option<String> {
+        match self.with_access(|a| a.policy.clone()) {
+            Some(AccessPolicy::Director { director_id }) => {
+                Some(format!("{}.{director_id}", self.site.address_root))
+            }
+            _ => None,
+        }
+    }
+
+    fn handle_event(&self, handler: &EventHandler, args: &[Value], kwargs: &Map<String, Value>) {
+        match handler {
+            EventHandler::User(f) => f(args, kwargs),
+            EventHandler::AccessDirector => {
+                // A feed event's one argument is [message, feed descriptor].
+                let message = args.first().and_then(|d| d.get(0)).unwrap_or(&Value::Null);
+                let instance_id = &self.site.instance_id;
+                match self.with_access(|a| a.apply_director_message(message, instance_id, now())) {
+                    Some(Ok(true)) => tracing::info!("access rules updated by the Access Director"),
+                    Some(Err(e)) => tracing::error!("{e}"),
+                    _ => {}
+                }
+            }
+        }
     }
 
     pub(crate) fn next_session_id(&self) -> u64 {
@@ -165,6 +260,7 @@ impl Shared {
 pub struct AgentBuilder {
     agent_class: String,
     site: SiteConfig,
+    access_policy: Option<AccessPolicy>,
     queue_capacity: usize,
     timing: Timing,
 }
@@ -190,10 +286,41 @@ impl AgentBuilder {
         self
     }
 
-    /// Builds the agent handle.
+    /// The access policy, instead of the one of the site config (`--access-policy` or the
+    /// site file's `access_policy`, parsed when the agent is built).
+    pub fn access_policy(mut self, policy: AccessPolicy) -> AgentBuilder {
+        self.access_policy = Some(policy);
+        self
+    }
+
+    /// Builds the agent handle. An invalid access policy in the site config makes
+    /// [`Agent::run`] fail with [`AgentError::AccessPolicy`] (and nothing can be started).
     pub fn build(self) -> Agent {
         let address = self.site.agent_address();
         let start_time = now();
+        let access = match self.access_policy {
+            Some(p) => Ok(p),
+            None => AccessPolicy::parse(self.site.access_policy.as_deref()),
+        }
+        .map(|p| Mutex::new(AccessState::new(p, start_time)));
+        let director_feed = match &access {
+            Ok(m) => match &lock(m).policy {
+                AccessPolicy::Director { director_id } => Some(format!(
+                    "{}.{director_id}.feeds.controls",
+                    self.site.address_root
+                )),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let subscriptions = director_feed
+            .map(|topic| Subscription {
+                topic,
+                options: json!({}),
+                handler: EventHandler::AccessDirector,
+            })
+            .into_iter()
+            .collect();
         let process_session_id = start_time.to_string();
         let heartbeat = Feed::new(
             "heartbeat",
@@ -210,10 +337,12 @@ impl AgentBuilder {
                 address,
                 site: self.site,
                 hostname,
-                start_time,
                 process_session_id,
+                access,
                 ops: Mutex::new(Vec::new()),
                 feeds: Mutex::new(Vec::new()),
+                subscriptions: Mutex::new(subscriptions),
+                subscriptions_changed: tokio::sync::Notify::new(),
                 heartbeat,
                 queue: FeedQueue::new(self.queue_capacity),
                 next_session: AtomicU64::new(0),
@@ -283,6 +412,7 @@ impl Agent {
         AgentBuilder {
             agent_class: agent_class.to_owned(),
             site,
+            access_policy: None,
             queue_capacity: DEFAULT_FEED_QUEUE_CAPACITY,
             timing: Timing {
                 heartbeat_period: Duration::from_secs(1),
@@ -334,6 +464,13 @@ impl Agent {
             return Err(AgentError::BadOpName {
                 op: name.to_owned(),
             });
+        }
+        for param in &options.params {
+            crate::params::validate_spec(param).map_err(|e| AgentError::BadParam {
+                op: name.to_owned(),
+                param: param.key().to_owned(),
+                message: e.message().to_owned(),
+            })?;
         }
         let mut ops = self.shared.lock_ops();
         if ops.iter().any(|o| o.name == name) {
@@ -410,6 +547,66 @@ impl Agent {
         Fut: Future<Output = OpResult> + Send + 'static,
     {
         self.register_op(name, OpKind::Process, options, body)
+    }
+
+    /// Subscribes to a WAMP topic on every join, from now on (ocs's `subscribe_on_start`,
+    /// and `subscribe` while joined): after a reconnect the subscription is made again.
+    /// `options` are WAMP SUBSCRIBE options, e.g. `{}` or `{"match": "prefix"}` /
+    /// `{"match": "wildcard"}` as ocs's aggregator uses. The handler gets each event's
+    /// positional and keyword arguments; it runs on the agent's session task, so it must be
+    /// quick (hand work to a channel).
+    ///
+    /// ```
+    /// # let site = ocs_feed::SiteConfig::new("ws://127.0.0.1:8001/ws", "r", "observatory", "a1");
+    /// # let agent = ocs_feed::Agent::new("MyAgent", site);
+    /// let (tx, _rx) = std::sync::mpsc::channel();
+    /// agent.subscribe("observatory..feeds.heartbeat", serde_json::json!({"match": "wildcard"}),
+    ///     move |args, _kwargs| { let _ = tx.send(args.to_vec()); });
+    /// ```
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        options: Value,
+        handler: impl Fn(&[Value], &Map<String, Value>) + Send + Sync + 'static,
+    ) {
+        self.shared.add_subscription(Subscription {
+            topic: topic.to_owned(),
+            options,
+            handler: EventHandler::User(Arc::new(handler)),
+        });
+    }
+
+    /// Subscribes to another agent's feed `{agent_address}.feeds.{feed_name}` (ocs's
+    /// `subscribe_to_feed`), made again after every reconnect. The handler gets each
+    /// message and the publishing feed's descriptor (`agent_address`, `feed_name`,
+    /// `record`, ...). Recorded feeds deliver blocks: `{block_name: {block_name, data,
+    /// influxdb_tags, timestamps}}`.
+    ///
+    /// ```
+    /// # let site = ocs_feed::SiteConfig::new("ws://127.0.0.1:8001/ws", "r", "observatory", "a1");
+    /// # let agent = ocs_feed::Agent::new("MyAgent", site);
+    /// agent.subscribe_to_feed("observatory.fake-data1", "false_temperatures", |message, feed| {
+    ///     println!("{} sent {message}", feed["agent_address"]);
+    /// });
+    /// ```
+    pub fn subscribe_to_feed(
+        &self,
+        agent_address: &str,
+        feed_name: &str,
+        handler: impl Fn(&Value, &Value) + Send + Sync + 'static,
+    ) {
+        self.subscribe(
+            &format!("{agent_address}.feeds.{feed_name}"),
+            json!({}),
+            move |args, _| {
+                // ocs publishes one argument: [message, feed descriptor].
+                let pair = args.first().unwrap_or(&Value::Null);
+                handler(
+                    pair.get(0).unwrap_or(&Value::Null),
+                    pair.get(1).unwrap_or(&Value::Null),
+                );
+            },
+        );
     }
 
     /// Registers a feed, published on `{address}.feeds.{name}`.
@@ -503,7 +700,8 @@ impl Agent {
     }
 
     /// Starts an op from inside the agent, as a client's `start` would (OCS's
-    /// `OCSAgent.start`); returns its new session. Must be called within a tokio runtime.
+    /// `OCSAgent.start`), with the agent's own credentials (the super-user key of startup
+    /// ops); returns its new session. Must be called within a tokio runtime.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), ocs_feed::AgentError> {
@@ -516,8 +714,8 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub fn start_op(&self, op_name: &str, params: Value) -> Result<Session, AgentError> {
-        ops::try_start(&self.shared, op_name, Some(params))
-            .map(|(_, session)| session)
+        ops::try_start(&self.shared, op_name, Some(params), Caller::Agent)
+            .map(|started| started.session)
             .map_err(|refused| AgentError::StartRefused {
                 op: op_name.to_owned(),
                 message: refused.message,
@@ -556,6 +754,9 @@ impl Agent {
         let url = &self.shared.site.hub_url;
         if !url.starts_with("ws://") {
             return Err(AgentError::BadRouterUrl { url: url.clone() });
+        }
+        if let Err(e) = &self.shared.access {
+            return Err(AgentError::AccessPolicy(e.clone()));
         }
         if self.shared.running.swap(true, Ordering::SeqCst) {
             return Err(AgentError::RunTwice);
@@ -751,6 +952,25 @@ impl Driver {
         let mut shutdown_deadline: Option<Instant> = None;
         let mut startup_pending = first_join;
         let mut pending_msgs = early.into_iter();
+        let mut subs = SubscriptionState::default();
+        // As ocs's onJoin: subscriptions first, then (policy director) ask the Access
+        // Director to announce this agent's rules.
+        if let Err(e) = self.subscribe_new(&mut conn, &mut subs).await {
+            return End::Lost(e.describe());
+        }
+        let mut poll_request = None;
+        if let Some(director) = self.shared.access_director() {
+            let mut kwargs = Map::new();
+            kwargs.insert("instance_id".into(), json!(self.shared.site.instance_id));
+            kwargs.insert("agent_class".into(), json!(self.shared.agent_class));
+            match conn
+                .call(&format!("{director}.agent_poll"), &[], &kwargs)
+                .await
+            {
+                Ok(id) => poll_request = Some(id),
+                Err(e) => return End::Lost(e.describe()),
+            }
+        }
 
         let end = loop {
             // Feed messages go out as long as the in-flight window has room.
@@ -791,6 +1011,7 @@ impl Driver {
                     Some((request, reply)) = reply_rx.recv() => Event::Reply(request, reply),
                     _ = ticker.tick() => Event::Heartbeat,
                     _ = self.shared.queue.ready.notified(), if in_flight.len() < MAX_IN_FLIGHT => Event::FeedReady,
+                    _ = self.shared.subscriptions_changed.notified() => Event::Subscribe,
                 }
             };
             match event {
@@ -801,6 +1022,11 @@ impl Driver {
                 }
                 Event::ShutdownDeadline => break End::Shutdown,
                 Event::FeedReady => {}
+                Event::Subscribe => {
+                    if let Err(e) = self.subscribe_new(&mut conn, &mut subs).await {
+                        break End::Lost(e.describe());
+                    }
+                }
                 Event::Wamp(Err(e)) => break End::Lost(e.describe()),
                 Event::Wamp(Ok(msg)) => match msg {
                     Incoming::Published { request } => {
@@ -851,6 +1077,51 @@ impl Driver {
                                 break End::Lost(e.describe());
                             }
                         }
+                    }
+                    Incoming::Subscribed {
+                        request,
+                        subscription,
+                    } => {
+                        if let Some(i) = subs.pending.remove(&request) {
+                            subs.active.entry(subscription).or_default().push(i);
+                        }
+                    }
+                    Incoming::Error {
+                        request_type: 32,
+                        request,
+                        error,
+                        args,
+                    } => {
+                        if let Some(i) = subs.pending.remove(&request) {
+                            let topic = lock(&self.shared.subscriptions)[i].topic.clone();
+                            tracing::error!(%topic, %error, ?args, "Failed to subscribe to a feed or feed pattern; possible configuration problem.");
+                        }
+                    }
+                    Incoming::Event {
+                        subscription,
+                        args,
+                        kwargs,
+                    } => {
+                        let handlers: Vec<EventHandler> = {
+                            let all = lock(&self.shared.subscriptions);
+                            subs.active
+                                .get(&subscription)
+                                .into_iter()
+                                .flatten()
+                                .map(|i| all[*i].handler.clone())
+                                .collect()
+                        };
+                        for h in &handlers {
+                            self.shared.handle_event(h, &args, &kwargs);
+                        }
+                    }
+                    Incoming::Error {
+                        request_type: 48,
+                        request,
+                        error,
+                        ..
+                    } if Some(request) == poll_request => {
+                        tracing::error!(%error, "Failed to request access rules from access director at {}", self.shared.access_director().unwrap_or_default());
                     }
                     Incoming::Goodbye { reason } | Incoming::Abort { reason } => {
                         break End::Lost(format!("router closed the session: {reason}"))
@@ -909,6 +1180,26 @@ impl Driver {
         end
     }
 
+    /// Sends SUBSCRIBE for the subscriptions not yet made on this connection.
+    async fn subscribe_new(
+        &self,
+        conn: &mut Connection,
+        subs: &mut SubscriptionState,
+    ) -> Result<(), WampError> {
+        let new: Vec<(usize, Subscription)> = lock(&self.shared.subscriptions)
+            .iter()
+            .enumerate()
+            .skip(subs.sent)
+            .map(|(i, s)| (i, s.clone()))
+            .collect();
+        for (i, sub) in new {
+            let request = conn.subscribe(&sub.topic, &sub.options).await?;
+            subs.pending.insert(request, i);
+            subs.sent = i + 1;
+        }
+        Ok(())
+    }
+
     fn no_op_running(&self) -> bool {
         !self
             .shared
@@ -925,7 +1216,12 @@ impl Driver {
             .filter_map(|o| o.options.startup.clone().map(|p| (o.name.clone(), p)))
             .collect();
         for (name, params) in startup {
-            let reply = ops::start(&self.shared, &name, Some(Value::Object(params)));
+            let reply = ops::start(
+                &self.shared,
+                &name,
+                Some(Value::Object(params)),
+                Caller::Agent,
+            );
             if reply[0] != 0 {
                 tracing::error!(op = %name, ?reply, "startup op did not start");
             }
@@ -939,6 +1235,7 @@ enum Event {
     Reply(u64, Reply),
     Heartbeat,
     FeedReady,
+    Subscribe,
     Shutdown,
     ShutdownDeadline,
 }

@@ -63,19 +63,23 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod agent;
 mod args;
 mod feed;
 mod ops;
+mod params;
 mod session;
 mod site;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod wamp;
 
+pub use access::{AccessPolicy, AccessPolicyError};
 pub use agent::{Agent, AgentBuilder, AgentError, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY};
 pub use args::{parse_args, parse_args_from, HasSiteArgs, SiteArgs, SiteArgsOnly, SiteConfig};
 pub use feed::{check_field_name, enforce_field_name_rules, FeedError, FeedOptions};
 pub use ops::{OpError, OpOptions, OpResult, Params};
+pub use params::{Cast, Param, ParamError, ParamHandler, ParamType};
 pub use session::{OpCode, Session, Status};
 pub use site::{HostConfig, HubConfig, InstanceConfig, SiteError, SiteFile};

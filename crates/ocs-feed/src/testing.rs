@@ -380,6 +380,15 @@ impl Subscriber {
         .unwrap_or_else(|_| panic!("no event on {topic} within {limit:?}"))
     }
 
+    /// The next event on any topic, or `None` when none comes within `limit` or the
+    /// subscriber has ended.
+    pub async fn next_any(&mut self, limit: Duration) -> Option<Value> {
+        tokio::time::timeout(limit, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next event on `topic` (others are skipped), or `None` when none
     /// comes within `limit` or the subscriber has ended.
     pub async fn try_next_on(&mut self, topic: &str, limit: Duration) -> Option<Value> {

@@ -1,0 +1,448 @@
+//! Differential tests against ocs 0.12.1 itself: the same real clients (ocs's `OCSClient`
+//! over crossbar's HTTP bridge, an autobahn subscriber) talk to a Python agent built on ocs's
+//! own `OCSAgent` (`tests/python/twin_agent.py`) and to its Rust twin ([`twin`]), and every
+//! reply must be the same JSON text, key order included, once timestamps, PIDs, host names
+//! and the instance ids are masked.
+//!
+//! Without the test virtualenv these tests print `skipped: ...` (or fail when
+//! `PYSMURF_TEST_REQUIRE_SERVICES=1`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ocs_feed::testing::{self as support, Crossbar, Subscriber, REALM, ROOT};
+use ocs_feed::{
+    AccessPolicy, Agent, Cast, FeedOptions, OpError, OpOptions, Param, ParamHandler, ParamType,
+    SiteConfig,
+};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+/// The Rust twin of `tests/python/twin_agent.py`: same ops, params, feeds and docstrings,
+/// registered in the same order.
+fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
+    let mut builder = Agent::builder("TwinAgent", site);
+    if let Some(p) = policy {
+        builder = builder.access_policy(p);
+    }
+    let agent = builder.build();
+    agent
+        .register_feed(
+            "counts",
+            FeedOptions::recorded(json!({"frame_length": 60, "exclude_influx": false}), 0.0),
+        )
+        .unwrap();
+    agent
+        .register_feed("plain", FeedOptions::default())
+        .unwrap();
+    let task = |doc: &str| OpOptions::new().doc(doc).abortable(false);
+
+    agent
+        .register_task(
+            "delay_task",
+            OpOptions::new().doc("delay_task(delay=0.25)"),
+            |session, params| async move {
+                let delay = params.get("delay").cloned().unwrap_or(json!(0.25));
+                session.set_data(json!({"requested_delay": delay, "zeta": 1, "alpha": 2}));
+                let delay_s = delay.as_f64().unwrap_or(0.25);
+                // Polls every 0.3 s, as the Python twin does.
+                let mut waited = 0.0;
+                while waited < delay_s {
+                    if session.stop_requested() {
+                        return Err(OpError::new("Aborted."));
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    waited += 0.3;
+                }
+                Ok(format!("Exited after {delay} seconds"))
+            },
+        )
+        .unwrap();
+    agent
+        .register_process(
+            "acq",
+            OpOptions::new().doc("acq()"),
+            |session, _| async move {
+                session.set_data(json!({"state": "acquiring", "nan_value": f64::NAN,
+                    "nested": {"zeta": 1, "alpha": [1, 2.5, "three", null, true]}}));
+                // Polls like the Python twin's loop, so both answer a quick second stop alike.
+                while !session.stop_requested() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok("Stopped.".to_owned())
+            },
+        )
+        .unwrap();
+    let feeds = agent.clone();
+    agent
+        .register_task(
+            "echo",
+            task("echo(x=1, label='hello')")
+                .param(Param::new("x").default(1).ty(ParamType::Int))
+                .param(Param::new("label").default("hello").ty(ParamType::Str)),
+            move |session, params| {
+                let feeds = feeds.clone();
+                async move {
+                    session.set_data(json!({"params": params,
+                        "nested": {"zeta": [1, 2.5], "alpha": null}}));
+                    feeds.publish_to_feed(
+                        "plain",
+                        json!({"zeta": [1, "two", {"three": 3.0}], "x": params["x"],
+                               "alpha": params["label"]}),
+                    )?;
+                    feeds.publish_to_feed(
+                        "counts",
+                        json!({"block_name": "probe", "timestamp": 1700000000.25,
+                               "data": {"x": params["x"], "label": params["label"],
+                                        "flag": true, "val": 2.5}}),
+                    )?;
+                    Ok("echo ok".to_owned())
+                }
+            },
+        )
+        .unwrap();
+    // Python applies the @param decorators bottom-up: this is the Python source read upwards.
+    agent
+        .register_task(
+            "configure",
+            task(
+                "configure(count, gain=1.0, mode='fast', tags=None, name='x', ratio=None, maybe=5)",
+            )
+            .param(
+                Param::new("maybe")
+                    .default(5)
+                    .ty(ParamType::Int)
+                    .treat_none_as_missing(false),
+            )
+            .param(Param::new("ratio").default(Value::Null).cast(Cast::Float))
+            .param(Param::new("name").default("x").cast(Cast::Str))
+            .param(Param::new("tags").default(Value::Null).ty(ParamType::List))
+            .param(Param::new("count").ty(ParamType::Int))
+            .param(
+                Param::new("mode")
+                    .default("fast")
+                    .cast(Cast::Lower)
+                    .choices(["fast", "slow"]),
+            )
+            .param(
+                Param::new("gain")
+                    .default(1.0)
+                    .ty(ParamType::Float)
+                    .check(|g| g.as_f64().is_some_and(|g| g > 0.0)),
+            ),
+            |session, params| async move {
+                session.set_data(json!({ "params": params }));
+                Ok("configured".to_owned())
+            },
+        )
+        .unwrap();
+    agent
+        .register_task(
+            "loose",
+            task("loose(level=0, ...)")
+                .param(Param::new("level").default(0).ty(ParamType::Int))
+                .allow_stray_params(),
+            |session, params| async move {
+                session.set_data(json!({ "params": params }));
+                Ok("loose ok".to_owned())
+            },
+        )
+        .unwrap();
+    agent
+        .register_task(
+            "manual",
+            task("manual(speed)"),
+            |session, params| async move {
+                let mut handler = ParamHandler::new(&params);
+                let speed = handler.get(&Param::new("speed").ty(ParamType::Float))?;
+                handler.check_for_strays(&[])?;
+                session.set_data(json!({ "speed": speed }));
+                Ok("manual ok".to_owned())
+            },
+        )
+        .unwrap();
+    agent
+        .register_task(
+            "privileged",
+            task("privileged()").min_privs(2),
+            |_, _| async move { Ok("privileged ok".to_owned()) },
+        )
+        .unwrap();
+    agent
+        .register_task(
+            "boot",
+            task("boot()")
+                .min_privs(3)
+                .startup(json!({"alpha": 1, "beta": "two"})),
+            |session, params| async move {
+                session.set_data(json!({ "startup_params": params }));
+                Ok("booted".to_owned())
+            },
+        )
+        .unwrap();
+    agent
+}
+
+/// A site file for both twins (and an Access Director).
+fn site_file(cb: &Crossbar, dir: &Path, hub_extra: &str, tag: &str) -> PathBuf {
+    let path = dir.join("site.yaml");
+    let mut yaml = format!(
+        "hub:\n  wamp_server: {}\n  wamp_http: {}\n  wamp_realm: {REALM}\n  address_root: {ROOT}\n",
+        cb.ws_url(),
+        cb.http_url()
+    );
+    yaml.push_str(hub_extra);
+    yaml.push_str("hosts:\n  localhost:\n    agent-instances:\n");
+    for line in [
+        format!("{{agent-class: TwinAgent, instance-id: twin-py-{tag}, arguments: []}}"),
+        format!("{{agent-class: TwinAgent, instance-id: twin-rs-{tag}, arguments: []}}"),
+        format!(
+            "{{agent-class: AccessDirector, instance-id: access-dir-{tag}, \
+             arguments: [--config-file, access.yaml]}}"
+        ),
+    ] {
+        yaml.push_str(&format!("      - {line}\n"));
+    }
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A Python agent script from the venv, killed when dropped.
+struct PythonAgent {
+    child: tokio::process::Child,
+}
+
+impl PythonAgent {
+    fn start(script: &Path, site: &Path, instance_id: &str, extra: &[&str]) -> PythonAgent {
+        let venv = support::venv().unwrap();
+        let log = std::fs::File::create(site.with_file_name(format!("{instance_id}.log"))).unwrap();
+        let child = tokio::process::Command::new(venv.join("bin/python"))
+            .arg(script)
+            .arg("--site-file")
+            .arg(site)
+            .args(["--site-host", "localhost", "--instance-id", instance_id])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the Python agent");
+        PythonAgent { child }
+    }
+}
+
+impl Drop for PythonAgent {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Runs `parity_client.py` against one instance; returns its steps, one masked JSON text each.
+async fn run_client(
+    site: &Path,
+    instance_id: &str,
+    scenario: &str,
+    password: Option<&str>,
+) -> Vec<String> {
+    let venv = support::venv().unwrap();
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(support::script("parity_client.py"))
+        .arg(site)
+        .args([instance_id, scenario])
+        .args(password)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "parity_client.py {scenario} on {instance_id} failed:\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(site.with_file_name(format!("{instance_id}.log")))
+            .unwrap_or_default()
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Masks what differs between two runs (times, PIDs, host names, the instance id), keeping
+/// the key order.
+fn normalize(v: &Value, instance_id: &str) -> Value {
+    const MASKED: [&str; 5] = [
+        "start_time",
+        "end_time",
+        "update_timestamp",
+        "instance_pid",
+        "instance_hostname",
+    ];
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, val) in m {
+                let masked = (MASKED.contains(&k.as_str()) && !val.is_null())
+                    || (k == "session_id" && val.is_string());
+                let val = if masked {
+                    json!("<masked>")
+                } else if k == "messages" && val.is_array() {
+                    Value::Array(
+                        val.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|m| json!(["<t>", normalize(&m[1], instance_id)]))
+                            .collect(),
+                    )
+                } else {
+                    normalize(val, instance_id)
+                };
+                out.insert(k.clone(), val);
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| normalize(x, instance_id)).collect()),
+        Value::String(s) => Value::String(s.replace(instance_id, "<id>")),
+        other => other.clone(),
+    }
+}
+
+/// Compares two step lists text for text (so key order counts).
+fn assert_same_steps(python: &[String], rust: &[String]) {
+    for (p, r) in python.iter().zip(rust) {
+        assert_eq!(r, p, "\nRust (left) and ocs 0.12.1 (right) differ");
+    }
+    assert_eq!(python.len(), rust.len());
+    assert!(!python.is_empty());
+}
+
+struct Twins {
+    tag: &'static str,
+    _dir: tempfile::TempDir,
+    site: PathBuf,
+    _python: PythonAgent,
+    rust: Agent,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ocs_feed::AgentError>>,
+}
+
+impl Twins {
+    /// Both twins, with instance ids `twin-py-{tag}` and `twin-rs-{tag}`.
+    async fn start(
+        cb: &Crossbar,
+        tag: &'static str,
+        hub_extra: &str,
+        python_extra: &[&str],
+        policy: Option<AccessPolicy>,
+    ) -> Twins {
+        let dir = tempfile::tempdir().unwrap();
+        let site = site_file(cb, dir.path(), hub_extra, tag);
+        let python = PythonAgent::start(
+            &support::script("twin_agent.py"),
+            &site,
+            &format!("twin-py-{tag}"),
+            python_extra,
+        );
+        let rust = twin(
+            SiteConfig::new(&cb.ws_url(), REALM, ROOT, &format!("twin-rs-{tag}")),
+            policy,
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (a, s) = (rust.clone(), shutdown.clone());
+            async move { a.run(s).await }
+        });
+        Twins {
+            tag,
+            _dir: dir,
+            site,
+            _python: python,
+            rust,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn compare(&self, scenario: &str, password: Option<&str>) {
+        let tag = self.tag;
+        let python = run_client(&self.site, &format!("twin-py-{tag}"), scenario, password).await;
+        let rust = run_client(&self.site, &format!("twin-rs-{tag}"), scenario, password).await;
+        assert_same_steps(&python, &rust);
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        drop(self.rust);
+    }
+}
+
+async fn crossbar() -> Option<&'static Crossbar> {
+    tokio::task::spawn_blocking(support::shared_crossbar)
+        .await
+        .unwrap()
+}
+
+/// Point 3: every reply of the ops and management handlers, the errors included, byte for
+/// byte (after masking) as ocs 0.12.1 sends them; heartbeat and feed messages too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_replies_heartbeats_and_feeds_are_ocs_byte_for_byte() {
+    let Some(cb) = crossbar().await else { return };
+    let venv = support::venv().unwrap();
+    let topics: Vec<String> = ["twin-py-wire", "twin-rs-wire"]
+        .iter()
+        .flat_map(|id| ["heartbeat", "plain", "counts"].map(|f| format!("{ROOT}.{id}.feeds.{f}")))
+        .collect();
+    let mut sub = Subscriber::start(&venv, &cb.ws_url(), &topics).await;
+    let twins = Twins::start(cb, "wire", "", &[], None).await;
+    twins.compare("wire", None).await;
+
+    // The first event of each topic (the subscriber joined before both agents).
+    let mut first: std::collections::HashMap<String, Value> = Default::default();
+    while first.len() < topics.len() {
+        let ev = sub
+            .next_any(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("events missing; got {:?}", first.keys()));
+        let topic = ev["topic"].as_str().unwrap().to_owned();
+        first.entry(topic).or_insert(ev);
+    }
+    for feed in ["heartbeat", "plain", "counts"] {
+        let py = &first[&format!("{ROOT}.twin-py-wire.feeds.{feed}")];
+        let rs = &first[&format!("{ROOT}.twin-rs-wire.feeds.{feed}")];
+        let (py, rs) = (
+            normalize(&py["args"], "twin-py-wire").to_string(),
+            normalize(&rs["args"], "twin-rs-wire").to_string(),
+        );
+        assert_eq!(rs, py, "{feed}: Rust (left) and ocs 0.12.1 (right) differ");
+    }
+    sub.stop().await;
+    twins.stop().await;
+}
+
+/// Point 2: `@param` checks, casts, defaults and errors (start refusals and `ERROR:` session
+/// messages) as ocs 0.12.1 gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn param_checks_refuse_and_convert_as_ocs() {
+    let Some(cb) = crossbar().await else { return };
+    let twins = Twins::start(cb, "params", "", &[], None).await;
+    twins.compare("params", None).await;
+    twins.stop().await;
+}
+
+#[test]
+fn a_param_default_that_fails_its_own_checks_is_refused_at_registration() {
+    let agent = Agent::new("A", SiteConfig::new("ws://127.0.0.1:1/ws", "r", ROOT, "a"));
+    let err = agent
+        .register_task(
+            "t",
+            OpOptions::new().param(Param::new("x").default("one").ty(ParamType::Int)),
+            |_, _| async { Ok(String::new()) },
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Param 'x'=one is not of required type (<class 'int'>)"),
+        "{err}"
+    );
+}
