@@ -444,6 +444,12 @@ impl Agent {
         &self.shared.site
     }
 
+    /// The access-control block `get_api` shows (`version`, `policy`, `update_timestamp`,
+    /// `update_count`, `step`); `update_count` counts rule updates from the Access Director.
+    pub fn access_control(&self) -> Value {
+        self.shared.access_control()
+    }
+
     /// Whether the agent is joined to the router and registered right now.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)

@@ -45,14 +45,15 @@ fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
                 let delay = params.get("delay").cloned().unwrap_or(json!(0.25));
                 session.set_data(json!({"requested_delay": delay, "zeta": 1, "alpha": 2}));
                 let delay_s = delay.as_f64().unwrap_or(0.25);
-                // Polls every 0.3 s, as the Python twin does.
+                // As the Python twin: "stopping" for 0.5 s after an abort.
                 let mut waited = 0.0;
                 while waited < delay_s {
                     if session.stop_requested() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         return Err(OpError::new("Aborted."));
                     }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    waited += 0.3;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    waited += 0.05;
                 }
                 Ok(format!("Exited after {delay} seconds"))
             },
@@ -65,10 +66,9 @@ fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
             |session, _| async move {
                 session.set_data(json!({"state": "acquiring", "nan_value": f64::NAN,
                     "nested": {"zeta": 1, "alpha": [1, 2.5, "three", null, true]}}));
-                // Polls like the Python twin's loop, so both answer a quick second stop alike.
-                while !session.stop_requested() {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+                // As the Python twin: "stopping" for 0.5 s after a stop.
+                session.stopped().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 Ok("Stopped.".to_owned())
             },
         )
@@ -333,7 +333,7 @@ impl Twins {
         tag: &'static str,
         hub_extra: &str,
         python_extra: &[&str],
-        policy: Option<AccessPolicy>,
+        rust_policy: Option<&str>,
     ) -> Twins {
         let dir = tempfile::tempdir().unwrap();
         let site = site_file(cb, dir.path(), hub_extra, tag);
@@ -343,10 +343,11 @@ impl Twins {
             &format!("twin-py-{tag}"),
             python_extra,
         );
-        let rust = twin(
-            SiteConfig::new(&cb.ws_url(), REALM, ROOT, &format!("twin-rs-{tag}")),
-            policy,
-        );
+        // The Rust twin takes its policy from its site config, as `--access-policy` or the
+        // site file's `access_policy` give it.
+        let mut site_config = SiteConfig::new(&cb.ws_url(), REALM, ROOT, &format!("twin-rs-{tag}"));
+        site_config.access_policy = rust_policy.map(str::to_owned);
+        let rust = twin(site_config, None);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (a, s) = (rust.clone(), shutdown.clone());
@@ -367,6 +368,13 @@ impl Twins {
         let tag = self.tag;
         let python = run_client(&self.site, &format!("twin-py-{tag}"), scenario, password).await;
         let rust = run_client(&self.site, &format!("twin-rs-{tag}"), scenario, password).await;
+        if python != rust {
+            eprintln!(
+                "Python twin's log:\n{}",
+                std::fs::read_to_string(self.site.with_file_name(format!("twin-py-{tag}.log")))
+                    .unwrap_or_default()
+            );
+        }
         assert_same_steps(&python, &rust);
     }
 
@@ -445,4 +453,101 @@ fn a_param_default_that_fails_its_own_checks_is_refused_at_registration() {
             .contains("Param 'x'=one is not of required type (<class 'int'>)"),
         "{err}"
     );
+}
+
+/// Point 1, `override:PW2,PW3` (from the site file's `access_policy`): levels by password,
+/// `min_privs` refusals with ocs's texts, the super-user startup op, `access_control` in
+/// `get_api`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_policy_protects_as_ocs() {
+    let Some(cb) = crossbar().await else { return };
+    let policy = "override:secret2,secret3";
+    let twins = Twins::start(
+        cb,
+        "override",
+        &format!("  access_policy: {policy}\n"),
+        &[],
+        Some(policy),
+    )
+    .await;
+    for password in [None, Some("wrong"), Some("secret2"), Some("secret3")] {
+        twins.compare("access", password).await;
+    }
+    twins.stop().await;
+}
+
+const ACCESS_CONFIG: &str = "\
+passwords_block_default_hashfunc: none
+distrib_hashfunc: md5
+passwords:
+  - default: true
+    password_1: ''
+    password_2: 'two'
+  - agent_class: 'Twin*,!Other*'
+    password_3: 'three'
+  - instance_id: 'nobody*'
+    password_3: 'two'
+";
+
+fn access_director(site: &Path, tag: &str) -> PythonAgent {
+    std::fs::write(site.with_file_name("access.yaml"), ACCESS_CONFIG).unwrap();
+    let venv = support::venv().unwrap();
+    let script = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("site-packages/ocs/agents/access_director/agent.py")
+        })
+        .find(|p| p.exists())
+        .expect("ocs's access_director agent in the venv");
+    PythonAgent::start(&script, site, &format!("access-dir-{tag}"), &[])
+}
+
+/// Point 1, `director:ID` with ocs 0.12's real Access Director: blocked (level 0) until its
+/// rules arrive on its `controls` feed; then md5-hashed passwords, scopes and patterns as in
+/// ocs. A twin pair that joins after the director gets its rules through `agent_poll`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn director_policy_blocks_until_the_access_director_rules_arrive() {
+    let Some(cb) = crossbar().await else { return };
+    let policy = "director:access-dir-director";
+    let twins = Twins::start(
+        cb,
+        "director",
+        "",
+        &["--access-policy", policy],
+        Some(policy),
+    )
+    .await;
+    // No director yet: everything is blocked, on both.
+    twins.compare("access", Some("three")).await;
+    assert_eq!(twins.rust.access_control()["update_count"], 0);
+
+    let _director = access_director(&twins.site, "director");
+    let rust = twins.rust.clone();
+    support::wait_for(
+        "the Access Director's rules",
+        Duration::from_secs(30),
+        move || rust.access_control()["update_count"].as_u64() >= Some(1),
+    )
+    .await;
+    // Both twins get the same broadcast.
+    twins.compare("wait_rules", None).await;
+    for password in [None, Some("two"), Some("three"), Some("wrong")] {
+        twins.compare("access", password).await;
+    }
+
+    // Agents that join after the director ask it with agent_poll.
+    let late = Twins::start(cb, "late", "", &["--access-policy", policy], Some(policy)).await;
+    let rust = late.rust.clone();
+    support::wait_for(
+        "the rules asked for with agent_poll",
+        Duration::from_secs(30),
+        move || rust.access_control()["update_count"].as_u64() >= Some(1),
+    )
+    .await;
+    late.compare("wait_rules", None).await;
+    late.compare("access", Some("three")).await;
+    late.stop().await;
+    twins.stop().await;
 }

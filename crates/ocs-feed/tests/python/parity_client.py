@@ -158,6 +158,14 @@ elif scenario == 'access':
     step('start process', lambda: ops('start', 'acq', {}, **kw))
     step('stop process', lambda: ops('stop', 'acq', {}, **kw))
     wait_done('acq')
+elif scenario == 'wait_rules':
+    # Until the agent has had rules from the Access Director (20 s at most).
+    for _ in range(100):
+        ac = raw.get_api()['access_control']
+        if ac['update_count'] >= 1:
+            break
+        time.sleep(0.2)
+    step('access_control', lambda: ac)
 else:
     raise SystemExit('unknown scenario ' + scenario)
 

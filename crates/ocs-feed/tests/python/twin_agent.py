@@ -29,14 +29,15 @@ class Twin:
         delay = params.get('delay', 0.25)
         session.data = {'requested_delay': delay, 'zeta': 1, 'alpha': 2}
         self.aborted = False
-        # Polls every 0.3 s (so does the Rust twin): a second abort right after the first
-        # finds the op still "stopping" on both.
+        # Stays "stopping" for 0.5 s after an abort (so does the Rust twin): a second abort
+        # right after the first finds it still stopping on both.
         waited = 0.0
         while waited < delay:
             if self.aborted:
+                yield dsleep(0.5)
                 return False, 'Aborted.'
-            yield dsleep(0.3)
-            waited += 0.3
+            yield dsleep(0.05)
+            waited += 0.05
         return True, 'Exited after %s seconds' % delay
 
     @inlineCallbacks
@@ -53,7 +54,8 @@ class Twin:
         session.data = {'state': 'acquiring', 'nan_value': float('nan'),
                         'nested': {'zeta': 1, 'alpha': [1, 2.5, 'three', None, True]}}
         while session.status == 'running':
-            yield dsleep(0.3)
+            yield dsleep(0.05)
+        yield dsleep(0.5)
         return True, 'Stopped.'
 
     @inlineCallbacks
