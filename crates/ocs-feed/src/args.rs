@@ -290,6 +290,7 @@ where
         site_file: site_path.clone(),
     };
     check_uri_component("instance-id", &config.instance_id)?;
+    crate::AccessPolicy::parse(config.access_policy.as_deref())?;
     if config.address_root.is_empty() {
         return Err(SiteError::BadUriComponent {
             what: "address root",
@@ -552,5 +553,38 @@ mod tests {
         assert_eq!(site.crossbar_timeout, 20);
         assert_eq!(site.hub_url, "ws://127.0.0.1:2/ws");
         assert_eq!(site.instance_id, "f1");
+    }
+
+    #[test]
+    fn an_access_policy_ocs_refuses_is_an_error_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(
+            &path,
+            "hub: {wamp_server: 'ws://127.0.0.1:1/ws', wamp_realm: r, address_root: obs,\n\
+             access_policy: 'strict:pw'}\n\
+             hosts: {daq: {agent-instances: [{agent-class: FakeDataAgent, instance-id: f1}]}}",
+        )
+        .unwrap();
+        let env = Env {
+            config_dir: None,
+            hostname: Some("daq".to_owned()),
+        };
+        let file = path.to_str().unwrap();
+        let err = run(&["agent", "--site-file", file], &env).unwrap_err();
+        assert!(matches!(err, SiteError::AccessPolicy(_)), "{err}");
+        assert!(!err.to_string().contains("pw"), "no password in: {err}");
+        let (_, site) = run(
+            &[
+                "agent",
+                "--site-file",
+                file,
+                "--access-policy",
+                "override:a,b",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(site.access_policy.as_deref(), Some("override:a,b"));
     }
 }

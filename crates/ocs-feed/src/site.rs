@@ -91,6 +91,10 @@ pub enum SiteError {
         /// The value.
         value: String,
     },
+    /// `--access-policy` or the site's `access_policy` is not one ocs accepts (ocs refuses to
+    /// start; so does this agent, rather than run unprotected).
+    #[error(transparent)]
+    AccessPolicy(#[from] crate::AccessPolicyError),
     /// The command line (merged with the site file's arguments) did not parse.
     #[error("invalid arguments (command line merged with the site file's `arguments`)")]
     Args(#[source] clap::Error),
