@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::{CommandFactory, FromArgMatches};
+
 use crate::site::{SiteError, SiteFile};
 
 /// The command-line flags every OCS agent accepts. Flatten it into an agent's own clap parser
@@ -151,6 +153,27 @@ impl SiteConfig {
     pub fn agent_address(&self) -> String {
         format!("{}.{}", self.address_root, self.instance_id)
     }
+
+    /// The log file ocs would write: `{log_dir}/{address_root}.{instance_id}.log`, with a
+    /// relative `log_dir` taken from `working_dir`; `None` without a log dir, or with a
+    /// relative one and no working dir (ocs logs an error and writes no file then).
+    ///
+    /// ```
+    /// let mut site = ocs_feed::SiteConfig::new("ws://127.0.0.1:8001/ws", "r", "observatory", "m1");
+    /// site.log_dir = Some("logs".into());
+    /// assert_eq!(site.log_file(), None);
+    /// site.working_dir = Some("/srv/ocs".into());
+    /// assert_eq!(site.log_file().unwrap(), std::path::Path::new("/srv/ocs/logs/observatory.m1.log"));
+    /// ```
+    pub fn log_file(&self) -> Option<PathBuf> {
+        let dir = self.log_dir.as_ref()?;
+        let dir = if dir.is_absolute() {
+            dir.clone()
+        } else {
+            self.working_dir.as_ref()?.join(dir)
+        };
+        Some(dir.join(format!("{}.log", self.agent_address())))
+    }
 }
 
 /// Parses this process's command line as ocs does: the site file's `arguments` for this
@@ -212,10 +235,18 @@ where
         (Some(_), Some(_)) => return Err(SiteError::SiteAndSiteFile),
         (Some("none"), None) => None,
         (_, Some(file)) => Some(PathBuf::from(file)),
-        (name, None) => env
-            .config_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}.yaml", name.unwrap_or("default")))),
+        (name, None) => match (&env.config_dir, name) {
+            (Some(d), _) => Some(d.join(format!("{}.yaml", name.unwrap_or("default")))),
+            // ocs needs OCS_CONFIG_DIR here; without it and without --site, this agent runs
+            // on the local defaults (see docs/ocs-compatibility.md), but a named site that
+            // cannot be found is an error, never silently ignored.
+            (None, Some(site)) => {
+                return Err(SiteError::NoConfigDir {
+                    site: site.to_owned(),
+                })
+            }
+            (None, None) => None,
+        },
     };
     let site_file = site_path.as_deref().map(SiteFile::load).transpose()?;
     let host = flag_value(&cmdline, "--site-host")
@@ -235,7 +266,12 @@ where
         merged.extend(cmdline);
     }
     merged.insert(0, prog);
-    let args = T::try_parse_from(&merged).map_err(SiteError::Args)?;
+    // Values like `-5` are values, as for ocs's argparse.
+    let mut matches = T::command()
+        .mut_args(|a| a.allow_negative_numbers(true))
+        .try_get_matches_from(&merged)
+        .map_err(SiteError::Args)?;
+    let args = T::from_arg_matches_mut(&mut matches).map_err(SiteError::Args)?;
 
     let cli = args.site_args();
     let host_entry = site_file
@@ -334,11 +370,22 @@ fn group_key(arg: &str) -> &str {
     }
 }
 
-/// Splits arguments into groups, each a flag and the values after it (ocs's `get_group`).
+/// Whether an argument starts a new flag group: ocs's `ArgContainer.is_new_arg`, a `-` and
+/// then (after the dashes) a letter, so `-5` and `-1.5` are values.
+fn is_new_arg(arg: &str) -> bool {
+    arg.starts_with('-')
+        && arg
+            .trim_start_matches('-')
+            .chars()
+            .next()
+            .is_some_and(char::is_alphabetic)
+}
+
+/// Splits arguments into groups, each a flag and the values after it (ocs's `ArgContainer`).
 fn groups(args: &[String]) -> Vec<Vec<String>> {
     let mut out: Vec<Vec<String>> = Vec::new();
     for a in args {
-        let starts_group = a.starts_with("--") || (a.starts_with('-') && a.len() == 2);
+        let starts_group = is_new_arg(a);
         match out.last_mut() {
             Some(g) if !starts_group => g.push(a.clone()),
             _ => out.push(vec![a.clone()]),
@@ -553,6 +600,44 @@ mod tests {
         assert_eq!(site.crossbar_timeout, 20);
         assert_eq!(site.hub_url, "ws://127.0.0.1:2/ws");
         assert_eq!(site.instance_id, "f1");
+    }
+
+    #[test]
+    fn negative_values_are_values_and_site_needs_a_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(
+            &path,
+            "hub: {wamp_server: 'ws://127.0.0.1:1/ws', wamp_realm: r, address_root: obs}\n\
+             hosts: {daq: {agent-instances: [{instance-id: f1,\n\
+             arguments: [--sample-rate, -5, --frame-length, 3]}]}}",
+        )
+        .unwrap();
+        let env = Env {
+            config_dir: None,
+            hostname: Some("daq".to_owned()),
+        };
+        let file = path.to_str().unwrap();
+        let (args, _) = run(&["agent", "--site-file", file, "--instance-id", "f1"], &env).unwrap();
+        assert_eq!(args.sample_rate, Some(-5.0));
+        assert_eq!(args.frame_length, Some(3));
+        let (args, _) = run(
+            &[
+                "agent",
+                "--site-file",
+                file,
+                "--instance-id",
+                "f1",
+                "--sample-rate",
+                "-1.5",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(args.sample_rate, Some(-1.5), "the command line wins");
+        assert_eq!(args.frame_length, Some(3));
+        let e = run(&["agent", "--site", "lab"], &env).unwrap_err();
+        assert!(matches!(e, SiteError::NoConfigDir { .. }), "{e}");
     }
 
     #[test]

@@ -551,3 +551,176 @@ async fn director_policy_blocks_until_the_access_director_rules_arrive() {
     late.stop().await;
     twins.stop().await;
 }
+
+/// FakeDataAgent's own options, as `tests/python/site_args.py` declares them.
+#[derive(Debug, clap::Parser)]
+struct FakeDataArgs {
+    #[command(flatten)]
+    site: ocs_feed::SiteArgs,
+    #[arg(long, default_value = "idle", value_parser = ["idle", "acq"])]
+    mode: String,
+    #[arg(long, default_value_t = 2)]
+    num_channels: i64,
+    #[arg(long, default_value_t = 9.5)]
+    sample_rate: f64,
+    #[arg(long, default_value_t = 60)]
+    frame_length: i64,
+}
+
+impl ocs_feed::HasSiteArgs for FakeDataArgs {
+    fn site_args(&self) -> &ocs_feed::SiteArgs {
+        &self.site
+    }
+}
+
+const SITE_FOR_ARGS: &str = "\
+hub:
+  wamp_server: ws://127.0.0.1:18001/ws
+  wamp_http: http://127.0.0.1:18001/call
+  wamp_realm: test_realm
+  address_root: observatory
+  access_policy: override:two,three
+hosts:
+  daq:
+    wamp_server: ws://127.0.0.1:18002/ws
+    crossbar_timeout: 20
+    log-dir: /var/log/ocs
+    agent-instances:
+      - {agent-class: FakeDataAgent, instance-id: fake1,
+         arguments: [--sample-rate, -5, [--num-channels, 4], --mode, acq]}
+      - {agent-class: RegistryAgent, instance-id: registry}
+  daq2:
+    agent-instances:
+      - {instance-id: classless, arguments: [--frame-length, -1]}
+  localhost:
+    agent-instances:
+      - {agent-class: FakeDataAgent, instance-id: fake-local}
+      - {agent-class: FakeDataAgent, instance-id: fake-local2}
+";
+
+/// Point 5: the same site file and argument lists resolved by ocs 0.12.1's
+/// `site_config.parse_args` and by `ocs_feed::parse_args_from` give the same values (or both
+/// fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_files_and_arguments_resolve_as_ocs() {
+    let Some(venv) = support::venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.yaml");
+    std::fs::write(&file, SITE_FOR_ARGS).unwrap();
+    let file = file.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq",
+            "--instance-id",
+            "fake1",
+        ],
+        vec!["--site-file", file, "--site-host", "daq"],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq2",
+            "--instance-id",
+            "classless",
+        ],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq",
+            "--instance-id",
+            "registry",
+        ],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq",
+            "--instance-id",
+            "fake1",
+            "--sample-rate",
+            "-2.5",
+            "--crossbar-timeout",
+            "0",
+            "--access-policy",
+            "none",
+        ],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "elsewhere",
+            "--instance-id",
+            "fake-local",
+        ],
+        vec!["--site-file", file, "--site-host", "elsewhere"],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq",
+            "--instance-id",
+            "nope",
+        ],
+        vec![
+            "--site-file",
+            file,
+            "--site-host",
+            "daq",
+            "--instance-id",
+            "fake1",
+            "--site-hub",
+            "ws://127.0.0.1:18003/ws",
+            "--site-realm",
+            "other",
+            "--mode",
+            "idle",
+        ],
+    ];
+    for case in cases {
+        let out = tokio::process::Command::new(venv.join("bin/python"))
+            .arg(support::script("site_args.py"))
+            .arg("FakeDataAgent")
+            .args(&case)
+            .output()
+            .await
+            .unwrap();
+        let python: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let argv = std::iter::once("agent").chain(case.iter().copied());
+        let rust = match ocs_feed::parse_args_from::<FakeDataArgs, _, _>("FakeDataAgent", argv) {
+            Ok((args, site)) => json!({
+                "site_hub": site.hub_url,
+                "site_http": site.http_url,
+                "site_realm": site.realm,
+                "address_root": site.address_root,
+                "instance_id": site.instance_id,
+                "crossbar_timeout": site.crossbar_timeout,
+                "log_dir": site.log_dir,
+                "access_policy": site.access_policy,
+                "mode": args.mode,
+                "num_channels": args.num_channels,
+                "sample_rate": args.sample_rate,
+                "frame_length": args.frame_length,
+            }),
+            Err(e) => {
+                eprintln!("{case:?}: {e}");
+                json!({"error": "refused"})
+            }
+        };
+        if python.get("error").is_some() {
+            assert!(
+                rust.get("error").is_some(),
+                "{case:?}: ocs refuses, Rust gave {rust}"
+            );
+        } else {
+            assert_eq!(
+                rust, python,
+                "{case:?}: Rust (left) and ocs 0.12.1 (right) differ"
+            );
+        }
+    }
+}
