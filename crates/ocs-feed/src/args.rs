@@ -3,8 +3,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{CommandFactory, FromArgMatches};
-
 use crate::site::{SiteError, SiteFile};
 
 /// The command-line flags every OCS agent accepts. Flatten it into an agent's own clap parser
