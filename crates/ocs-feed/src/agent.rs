@@ -4,8 +4,9 @@
 //! [`Agent::run`] is the one task that owns the WAMP connection: it joins, registers the two
 //! procedures, heartbeats, sends queued feed messages, answers invocations, and on any loss of
 //! the router (closed socket, refused connection, or a router that stops acknowledging: the
-//! watchdog) drops the connection and reconnects with a capped, doubling backoff, forever, until
-//! its shutdown token is cancelled. Ops keep running meanwhile.
+//! watchdog) drops the connection and reconnects with a capped, doubling backoff, until its
+//! shutdown token is cancelled — forever, unless a crossbar timeout is set (then, as ocs, ops
+//! are stopped and `run` ends after that long without the router). Ops keep running meanwhile.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -89,6 +90,14 @@ pub enum AgentError {
     /// The access policy is not one ocs accepts; the agent does not run unprotected.
     #[error(transparent)]
     AccessPolicy(#[from] AccessPolicyError),
+    /// The router was lost and not back within `--crossbar-timeout` seconds (set on the
+    /// command line or as the site host's `crossbar_timeout`); ops were stopped, as ocs
+    /// does before it exits.
+    #[error("no router for {seconds} s (--crossbar-timeout): ops stopped")]
+    RouterTimeout {
+        /// The timeout.
+        seconds: u64,
+    },
     /// [`Agent::run`] was called while another `run` of the same agent is active.
     #[error("this agent is already running (Agent::run was called twice)")]
     RunTwice,
@@ -105,6 +114,10 @@ pub struct FeedStats {
     pub refused: u64,
     /// Messages the router acknowledged, since the agent started.
     pub published: u64,
+    /// Messages sent when the router was lost, before it acknowledged them: perhaps
+    /// delivered, perhaps not. They are not sent again (a feed message is never published
+    /// twice), so each is counted here, since the agent started.
+    pub unconfirmed: u64,
 }
 
 /// State shared by the handle, the session task and the op tasks.
@@ -127,6 +140,7 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     refused: AtomicU64,
     published: AtomicU64,
+    unconfirmed: AtomicU64,
     running: AtomicBool,
     connected: AtomicBool,
     timing: Timing,
@@ -348,6 +362,7 @@ impl AgentBuilder {
                 next_session: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 published: AtomicU64::new(0),
+                unconfirmed: AtomicU64::new(0),
                 running: AtomicBool::new(false),
                 connected: AtomicBool::new(false),
                 timing: self.timing,
@@ -645,8 +660,10 @@ impl Agent {
 
     /// Publishes `message` to feed `name`. Never waits for the router: the message is queued
     /// and sent in order once connected; if the queue is full the oldest message is dropped and
-    /// counted. Delivery to the router is at least once: a message whose acknowledgement was
-    /// lost with a connection is sent again, first, on the next one.
+    /// counted. Delivery is at most once: a message is sent once; one that was sent but not
+    /// acknowledged when the router was lost may or may not have reached subscribers and is
+    /// not sent again (counted in [`FeedStats::unconfirmed`]). Messages queued while the router
+    /// is away go out, in order, on the next connection.
     ///
     /// A non-recorded feed takes any JSON. A recorded feed takes OCS's block forms,
     /// `{"block_name", "timestamp": t, "data": {field: value}}` or
@@ -745,6 +762,7 @@ impl Agent {
             dropped: self.shared.queue.dropped(),
             refused: self.shared.refused.load(Ordering::Relaxed),
             published: self.shared.published.load(Ordering::Relaxed),
+            unconfirmed: self.shared.unconfirmed.load(Ordering::Relaxed),
         }
     }
 
@@ -753,9 +771,11 @@ impl Agent {
     /// stops every process and aborts every task, waits up to 3 s for them while still
     /// heartbeating, and leaves the realm with `wamp.close.normal`.
     ///
-    /// Fails only if the router URL is not `ws://` ([`AgentError::BadRouterUrl`]), if on the
-    /// first join the agent's address is already registered ([`AgentError::AlreadyRunning`]),
-    /// or if called twice at once.
+    /// Fails if the router URL is not `ws://` ([`AgentError::BadRouterUrl`]), if the access
+    /// policy is invalid ([`AgentError::AccessPolicy`]), if on the first join the agent's
+    /// address is already registered ([`AgentError::AlreadyRunning`]), if called twice at
+    /// once, or, when [`SiteConfig::crossbar_timeout`] is set (and not 0), when the router is
+    /// lost for that long ([`AgentError::RouterTimeout`], after stopping every op).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let url = &self.shared.site.hub_url;
         if !url.starts_with("ws://") {
@@ -807,15 +827,25 @@ impl Driver {
         let url = self.shared.site.hub_url.clone();
         let mut first_join = true;
         let mut backoff = timing.backoff_initial;
+        // ocs's --crossbar-timeout: after losing the router, give up after this long.
+        let router_timeout = self
+            .shared
+            .site
+            .crossbar_timeout
+            .filter(|t| *t > 0)
+            .map(Duration::from_secs);
+        let mut lost_at: Option<Instant> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 self.stop_all_ops();
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.all_ops_done()).await;
                 return Ok(());
             }
+            let give_up_at = lost_at.zip(router_timeout).map(|(t, d)| t + d);
             let connected = tokio::select! {
                 c = self.connect() => c,
                 _ = self.shutdown.cancelled() => continue,
+                _ = sleep_until_opt(give_up_at) => return self.give_up(router_timeout).await,
             };
             match connected {
                 Ok((conn, ops_reg, mgmt_reg, early)) => {
@@ -829,6 +859,7 @@ impl Driver {
                         End::Shutdown => return Ok(()),
                         End::Lost(reason) => {
                             tracing::warn!(router = %url, %reason, "lost the router; reconnecting");
+                            lost_at = Some(Instant::now());
                             continue;
                         }
                     }
@@ -850,9 +881,22 @@ impl Driver {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = self.shutdown.cancelled() => {}
+                _ = sleep_until_opt(give_up_at) => return self.give_up(router_timeout).await,
             }
             backoff = (backoff * 2).min(timing.backoff_max);
         }
+    }
+
+    /// `--crossbar-timeout` expired: stop every op, as ocs does, and end `run`.
+    async fn give_up(&self, timeout: Option<Duration>) -> Result<(), AgentError> {
+        let seconds = timeout.map_or(0, |t| t.as_secs());
+        tracing::error!(
+            seconds,
+            "no router for --crossbar-timeout seconds: stopping all ops and exiting"
+        );
+        self.stop_all_ops();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.all_ops_done()).await;
+        Err(AgentError::RouterTimeout { seconds })
     }
 
     /// Joins and registers both procedures; returns them and any message that came early.
@@ -1171,14 +1215,16 @@ impl Driver {
                 }
             }
         };
-        // What was sent but not acknowledged goes out again, first, on the next connection.
-        let unacked: Vec<Outgoing> = in_flight.into_values().map(|(o, _)| o).collect();
-        if !unacked.is_empty() {
-            tracing::info!(
-                count = unacked.len(),
-                "requeueing unacknowledged feed messages"
+        // What was sent but not acknowledged may have reached subscribers (the aggregator,
+        // InfluxDB): it is not sent again. At most once; counted.
+        if !in_flight.is_empty() {
+            self.shared
+                .unconfirmed
+                .fetch_add(in_flight.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                count = in_flight.len(),
+                "feed messages sent but not acknowledged when the router was lost; not resent"
             );
-            self.shared.queue.requeue_front(unacked);
         }
         if let End::Shutdown = end {
             conn.leave(Duration::from_secs(1)).await;

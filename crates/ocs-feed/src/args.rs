@@ -70,11 +70,11 @@ pub struct SiteArgs {
     /// Working directory.
     #[arg(long, value_name = "DIR")]
     pub working_dir: Option<PathBuf>,
-    /// Seconds ocs waits for a lost router before exiting (0 = forever); this agent
-    /// reconnects forever and only records the value.
+    /// After losing the router, stop all ops and end after this many seconds without it
+    /// (0 = never). Unset (here and in the site host), the agent reconnects forever.
     #[arg(long, value_name = "SECONDS")]
     pub crossbar_timeout: Option<u64>,
-    /// Access policy (none, override:PW2,PW3 or director:ID); only `none` is implemented.
+    /// Access policy: none, override:PW2,PW3 or director:ID (as ocs 0.12).
     #[arg(long, value_name = "POLICY")]
     pub access_policy: Option<String>,
 }
@@ -113,8 +113,11 @@ pub struct SiteConfig {
     pub address_root: String,
     /// This agent's instance-id.
     pub instance_id: String,
-    /// Seconds ocs would wait for a lost router (default 10); see [`SiteArgs::crossbar_timeout`].
-    pub crossbar_timeout: u64,
+    /// Seconds without the router after which ops stop and [`crate::Agent::run`] ends
+    /// (`--crossbar-timeout` or the site host's `crossbar_timeout`; 0 = never). `None` when
+    /// neither is set: the agent reconnects forever (ocs then uses 10 s for agents listed in
+    /// a site file).
+    pub crossbar_timeout: Option<u64>,
     /// Log directory, if any.
     pub log_dir: Option<PathBuf>,
     /// Working directory, if any.
@@ -139,7 +142,7 @@ impl SiteConfig {
             realm: realm.to_owned(),
             address_root: address_root.to_owned(),
             instance_id: instance_id.to_owned(),
-            crossbar_timeout: 10,
+            crossbar_timeout: None,
             log_dir: None,
             working_dir: None,
             access_policy: None,
@@ -313,8 +316,7 @@ where
             .ok_or_else(|| missing("instance-id", "--instance-id"))?,
         crossbar_timeout: cli
             .crossbar_timeout
-            .or(host_entry.and_then(|h| h.crossbar_timeout))
-            .unwrap_or(10),
+            .or(host_entry.and_then(|h| h.crossbar_timeout)),
         log_dir: cli
             .log_dir
             .clone()
@@ -460,7 +462,7 @@ mod tests {
         assert_eq!(site.realm, "test_realm");
         assert_eq!(site.instance_id, "fake-data1");
         assert_eq!(site.agent_address(), "observatory.fake-data1");
-        assert_eq!(site.crossbar_timeout, 10);
+        assert_eq!(site.crossbar_timeout, None, "unset: reconnect forever");
         assert_eq!(
             site.log_dir.as_deref(),
             Some(std::path::Path::new("/opt/ocsref/log"))
@@ -486,7 +488,7 @@ mod tests {
         assert_eq!(args.mode.as_deref(), Some("idle"));
         assert_eq!(args.frame_length, Some(10));
         assert_eq!(site.hub_url, "ws://127.0.0.1:9999/ws");
-        assert_eq!(site.crossbar_timeout, 0);
+        assert_eq!(site.crossbar_timeout, Some(0));
     }
 
     #[test]
@@ -595,7 +597,7 @@ mod tests {
             hostname: Some("daq".to_owned()),
         };
         let (_, site) = run(&["agent", "--site-file", path.to_str().unwrap()], &env).unwrap();
-        assert_eq!(site.crossbar_timeout, 20);
+        assert_eq!(site.crossbar_timeout, Some(20));
         assert_eq!(site.hub_url, "ws://127.0.0.1:2/ws");
         assert_eq!(site.instance_id, "f1");
     }

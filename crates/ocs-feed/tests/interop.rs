@@ -535,3 +535,70 @@ async fn startup_ops_start_once_on_first_join_with_their_params() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Feed messages in flight when the router hangs may or may not have been delivered; after
+/// the reconnect none is published again (a recorded feed feeds the aggregator and InfluxDB):
+/// a subscriber sees each at most once, and the unacknowledged ones are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_router_is_lost_are_never_published_twice() {
+    let Some(cb) = own_crossbar().await else {
+        return;
+    };
+    let venv = support::venv().unwrap();
+    let (agent, shutdown, task) = start_agent(&cb.ws_url(), "example-once").await;
+    let feed_topic = format!("{ROOT}.example-once.feeds.counts");
+    let mut sub = Subscriber::start(&venv, &cb.ws_url(), std::slice::from_ref(&feed_topic)).await;
+    cb.pause();
+    // Sent at once (the connection still looks fine), never acknowledged.
+    const N: u64 = 50;
+    for i in 0..N {
+        agent.publish_to_feed("counts", count_sample(i)).unwrap();
+    }
+    let a = agent.clone();
+    wait_for("the watchdog", Duration::from_secs(15), move || {
+        !a.is_connected()
+    })
+    .await;
+    cb.resume();
+    let a = agent.clone();
+    wait_for("the agent to rejoin", Duration::from_secs(20), move || {
+        a.is_connected()
+    })
+    .await;
+    agent.publish_to_feed("counts", count_sample(1000)).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let ev = sub.next_on(&feed_topic, Duration::from_secs(10)).await;
+        let i = ev["args"][0][0]["counts"]["data"]["count"][0]
+            .as_u64()
+            .unwrap();
+        if i == 1000 {
+            break;
+        }
+        seen.push(i);
+    }
+    let unique: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a message was published twice: {seen:?}"
+    );
+    let stats = agent.feed_stats();
+    // Acknowledged ones were delivered; unconfirmed ones perhaps.
+    assert!(
+        seen.len() as u64 >= N - stats.unconfirmed,
+        "{stats:?} {seen:?}"
+    );
+    assert!(
+        stats.unconfirmed > 0,
+        "the test did not hang the router mid-flight: {stats:?}"
+    );
+    eprintln!(
+        "{} delivered, {} unconfirmed: {stats:?}",
+        seen.len(),
+        stats.unconfirmed
+    );
+    sub.stop().await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -698,7 +698,9 @@ async fn site_files_and_arguments_resolve_as_ocs() {
                 "site_realm": site.realm,
                 "address_root": site.address_root,
                 "instance_id": site.instance_id,
-                "crossbar_timeout": site.crossbar_timeout,
+                // Unset, ocs uses 10 s for an agent of a site file; this agent reconnects
+                // forever (docs/ocs-compatibility.md).
+                "crossbar_timeout": site.crossbar_timeout.unwrap_or(10),
                 "log_dir": site.log_dir,
                 "access_policy": site.access_policy,
                 "mode": args.mode,
@@ -723,4 +725,56 @@ async fn site_files_and_arguments_resolve_as_ocs() {
             );
         }
     }
+}
+
+/// Point 4, `--crossbar-timeout 2`: after the router dies, ocs stops its ops and exits after
+/// about 2 s; the Rust agent stops its ops and `run` ends with `RouterTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossbar_timeout_stops_ops_and_ends_as_ocs_exits() {
+    let Some(venv) = support::venv() else { return };
+    let cb = tokio::task::spawn_blocking(move || Crossbar::start(&venv).expect("crossbar"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let site = site_file(&cb, dir.path(), "", "timeout");
+    let mut python = PythonAgent::start(
+        &support::script("twin_agent.py"),
+        &site,
+        "twin-py-timeout",
+        &["--crossbar-timeout", "2"],
+    );
+    let mut config = SiteConfig::new(&cb.ws_url(), REALM, ROOT, "twin-rs-timeout");
+    config.crossbar_timeout = Some(2);
+    let rust = twin(config, None);
+    let run = tokio::spawn({
+        let rust = rust.clone();
+        async move { rust.run(CancellationToken::new()).await }
+    });
+    run_client(&site, "twin-py-timeout", "ping", None).await;
+    run_client(&site, "twin-rs-timeout", "ping", None).await;
+    let acq = rust.start_op("acq", json!({})).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let cb = std::sync::Arc::new(cb);
+    let c = cb.clone();
+    tokio::task::spawn_blocking(move || c.kill()).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("run ends")
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        matches!(
+            ended,
+            Err(ocs_feed::AgentError::RouterTimeout { seconds: 2 })
+        ),
+        "{ended:?}"
+    );
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert_eq!(acq.status(), ocs_feed::Status::Done, "ops are stopped");
+    let status = tokio::time::timeout(Duration::from_secs(20), python.child.wait())
+        .await
+        .expect("ocs exits too")
+        .unwrap();
+    eprintln!("Rust ended after {took:?}; ocs exited with {status}");
 }

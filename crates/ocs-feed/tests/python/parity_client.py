@@ -158,6 +158,8 @@ elif scenario == 'access':
     step('start process', lambda: ops('start', 'acq', {}, **kw))
     step('stop process', lambda: ops('stop', 'acq', {}, **kw))
     wait_done('acq')
+elif scenario == 'ping':
+    step('get_agent_class', lambda: raw.call(address, 'get_agent_class'))
 elif scenario == 'wait_rules':
     # Until the agent has had rules from the Access Director (20 s at most).
     for _ in range(100):
