@@ -103,6 +103,46 @@ pub enum AgentError {
     RunTwice,
 }
 
+/// Why [`Agent::call`] got no result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The callee raised, or the router refused the call (e.g.
+    /// `wamp.error.no_such_procedure` when the agent is not running).
+    #[error("{procedure}: {error} {args:?}")]
+    Remote {
+        /// The procedure called.
+        procedure: String,
+        /// The WAMP error URI, e.g. `wamp.error.runtime_error`.
+        error: String,
+        /// The error's arguments (for a runtime error, the exception's text).
+        args: Vec<Value>,
+    },
+    /// The connection to the router was lost before the result came (the call may or may
+    /// not have run).
+    #[error("{procedure}: the router connection was lost before the result")]
+    ConnectionLost {
+        /// The procedure called.
+        procedure: String,
+    },
+    /// [`Agent::run`] ended (or never ran) while the call waited.
+    #[error("{procedure}: the agent is not running")]
+    NotRunning {
+        /// The procedure called.
+        procedure: String,
+    },
+}
+
+/// A call's result: the RESULT's positional and keyword arguments.
+type CallResult = Result<(Vec<Value>, Map<String, Value>), CallError>;
+
+/// A call waiting for the session task.
+struct CallRequest {
+    procedure: String,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    reply: tokio::sync::oneshot::Sender<CallResult>,
+}
+
 /// Counters of the feed queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedStats {
@@ -135,6 +175,9 @@ pub(crate) struct Shared {
     /// Topics this agent subscribes to on every join (only appended to).
     subscriptions: Mutex<Vec<Subscription>>,
     subscriptions_changed: tokio::sync::Notify,
+    calls: mpsc::UnboundedSender<CallRequest>,
+    /// The receiving end, owned by `run` while it runs.
+    calls_rx: Mutex<Option<mpsc::UnboundedReceiver<CallRequest>>>,
     heartbeat: Feed,
     pub(crate) queue: FeedQueue,
     next_session: AtomicU64,
@@ -345,6 +388,7 @@ impl AgentBuilder {
         )
         .expect("\"heartbeat\" is a valid feed name");
         let hostname = crate::args::hostname().unwrap_or_else(|| "localhost".to_owned());
+        let (calls, calls_rx) = mpsc::unbounded_channel();
         Agent {
             shared: Arc::new(Shared {
                 agent_class: self.agent_class,
@@ -357,6 +401,8 @@ impl AgentBuilder {
                 feeds: Mutex::new(Vec::new()),
                 subscriptions: Mutex::new(subscriptions),
                 subscriptions_changed: tokio::sync::Notify::new(),
+                calls,
+                calls_rx: Mutex::new(Some(calls_rx)),
                 heartbeat,
                 queue: FeedQueue::new(self.queue_capacity),
                 next_session: AtomicU64::new(0),
@@ -630,6 +676,41 @@ impl Agent {
         );
     }
 
+    /// Calls a WAMP procedure on the router, e.g. another agent's `{address}.ops` or its
+    /// management procedure `{address}` (ocs's `call`; see [`crate::OcsClient`] for the
+    /// OCS op API). The call goes out once [`Agent::run`] is joined; it waits meanwhile, so
+    /// put a timeout around it. Returns the result's positional and keyword arguments.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: ocs_feed::Agent) -> Result<(), ocs_feed::CallError> {
+    /// let (args, _kwargs) = agent
+    ///     .call("observatory.fake-data1", vec!["get_agent_class".into()], Default::default())
+    ///     .await?;
+    /// assert_eq!(args[0], "FakeDataAgent");
+    /// # Ok(()) }
+    /// ```
+    pub async fn call(
+        &self,
+        procedure: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<(Vec<Value>, Map<String, Value>), CallError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let not_running = || CallError::NotRunning {
+            procedure: procedure.to_owned(),
+        };
+        self.shared
+            .calls
+            .send(CallRequest {
+                procedure: procedure.to_owned(),
+                args,
+                kwargs,
+                reply,
+            })
+            .map_err(|_| not_running())?;
+        rx.await.map_err(|_| not_running())?
+    }
+
     /// Registers a feed, published on `{address}.feeds.{name}`.
     ///
     /// ```
@@ -787,12 +868,18 @@ impl Agent {
         if self.shared.running.swap(true, Ordering::SeqCst) {
             return Err(AgentError::RunTwice);
         }
-        let result = Driver {
+        let calls = lock(&self.shared.calls_rx).take();
+        let mut driver = Driver {
             shared: self.shared.clone(),
             shutdown,
+            calls: calls.unwrap_or_else(|| mpsc::unbounded_channel().1),
+        };
+        let result = driver.run().await;
+        // Calls still waiting get NotRunning (their reply senders are dropped).
+        while let Ok(call) = driver.calls.try_recv() {
+            drop(call);
         }
-        .run()
-        .await;
+        *lock(&self.shared.calls_rx) = Some(driver.calls);
         self.shared.connected.store(false, Ordering::Relaxed);
         self.shared.running.store(false, Ordering::SeqCst);
         result
@@ -819,10 +906,11 @@ enum Reply {
 struct Driver {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    calls: mpsc::UnboundedReceiver<CallRequest>,
 }
 
 impl Driver {
-    async fn run(self) -> Result<(), AgentError> {
+    async fn run(&mut self) -> Result<(), AgentError> {
         let timing = self.shared.timing;
         let url = self.shared.site.hub_url.clone();
         let mut first_join = true;
@@ -984,7 +1072,7 @@ impl Driver {
     }
 
     async fn serve(
-        &self,
+        &mut self,
         mut conn: Connection,
         ops_reg: u64,
         mgmt_reg: u64,
@@ -1008,6 +1096,8 @@ impl Driver {
         if let Err(e) = self.subscribe_new(&mut conn, &mut subs).await {
             return End::Lost(e.describe());
         }
+        type PendingCall = (String, tokio::sync::oneshot::Sender<CallResult>);
+        let mut calls: BTreeMap<u64, PendingCall> = BTreeMap::new();
         let mut poll_request = None;
         if let Some(director) = self.shared.access_director() {
             let mut kwargs = Map::new();
@@ -1059,6 +1149,7 @@ impl Driver {
                     _ = sleep_until_opt(shutdown_deadline) => Event::ShutdownDeadline,
                     msg = conn.next() => Event::Wamp(msg),
                     Some((request, reply)) = reply_rx.recv() => Event::Reply(request, reply),
+                    Some(call) = self.calls.recv() => Event::Call(call),
                     _ = ticker.tick() => Event::Heartbeat,
                     _ = self.shared.queue.ready.notified(), if in_flight.len() < MAX_IN_FLIGHT => Event::FeedReady,
                     _ = self.shared.subscriptions_changed.notified() => Event::Subscribe,
@@ -1165,6 +1256,29 @@ impl Driver {
                             self.shared.handle_event(h, &args, &kwargs);
                         }
                     }
+                    Incoming::Result {
+                        request,
+                        args,
+                        kwargs,
+                    } => {
+                        if let Some((_, reply)) = calls.remove(&request) {
+                            let _ = reply.send(Ok((args, kwargs)));
+                        }
+                    }
+                    Incoming::Error {
+                        request_type: 48,
+                        request,
+                        error,
+                        args,
+                    } if calls.contains_key(&request) => {
+                        if let Some((procedure, reply)) = calls.remove(&request) {
+                            let _ = reply.send(Err(CallError::Remote {
+                                procedure,
+                                error,
+                                args,
+                            }));
+                        }
+                    }
                     Incoming::Error {
                         request_type: 48,
                         request,
@@ -1178,6 +1292,19 @@ impl Driver {
                     }
                     other => tracing::debug!(?other, "ignored WAMP message"),
                 },
+                Event::Call(call) => {
+                    match conn.call(&call.procedure, &call.args, &call.kwargs).await {
+                        Ok(id) => {
+                            calls.insert(id, (call.procedure, call.reply));
+                        }
+                        Err(e) => {
+                            let _ = call.reply.send(Err(CallError::ConnectionLost {
+                                procedure: call.procedure,
+                            }));
+                            break End::Lost(e.describe());
+                        }
+                    }
+                }
                 Event::Reply(request, reply) => {
                     if let Err(e) = send_reply(&mut conn, request, reply).await {
                         break End::Lost(e.describe());
@@ -1215,6 +1342,9 @@ impl Driver {
                 }
             }
         };
+        for (_, (procedure, reply)) in std::mem::take(&mut calls) {
+            let _ = reply.send(Err(CallError::ConnectionLost { procedure }));
+        }
         // What was sent but not acknowledged may have reached subscribers (the aggregator,
         // InfluxDB): it is not sent again. At most once; counted.
         if !in_flight.is_empty() {
@@ -1288,6 +1418,7 @@ enum Event {
     Heartbeat,
     FeedReady,
     Subscribe,
+    Call(CallRequest),
     Shutdown,
     ShutdownDeadline,
 }

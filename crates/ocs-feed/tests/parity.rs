@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ocs_feed::testing::{self as support, Crossbar, Subscriber, REALM, ROOT};
 use ocs_feed::{
-    AccessPolicy, Agent, Cast, FeedOptions, OpError, OpOptions, Param, ParamHandler, ParamType,
-    SiteConfig,
+    AccessPolicy, Agent, Cast, FeedOptions, OcsClient, OpError, OpOptions, Param, ParamHandler,
+    ParamType, SiteConfig,
 };
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -200,6 +200,7 @@ fn site_file(cb: &Crossbar, dir: &Path, hub_extra: &str, tag: &str) -> PathBuf {
             "{{agent-class: AccessDirector, instance-id: access-dir-{tag}, \
              arguments: [--config-file, access.yaml]}}"
         ),
+        format!("{{agent-class: FakeDataAgent, instance-id: fake-{tag}, arguments: []}}"),
     ] {
         yaml.push_str(&format!("      - {line}\n"));
     }
@@ -489,18 +490,23 @@ passwords:
     password_3: 'two'
 ";
 
-fn access_director(site: &Path, tag: &str) -> PythonAgent {
-    std::fs::write(site.with_file_name("access.yaml"), ACCESS_CONFIG).unwrap();
+/// One of ocs's own agents from the venv (`access_director`, `fake_data`, ...).
+fn ocs_agent_script(name: &str) -> PathBuf {
     let venv = support::venv().unwrap();
-    let script = std::fs::read_dir(venv.join("lib"))
+    std::fs::read_dir(venv.join("lib"))
         .unwrap()
         .map(|e| {
             e.unwrap()
                 .path()
-                .join("site-packages/ocs/agents/access_director/agent.py")
+                .join(format!("site-packages/ocs/agents/{name}/agent.py"))
         })
         .find(|p| p.exists())
-        .expect("ocs's access_director agent in the venv");
+        .unwrap_or_else(|| panic!("ocs's {name} agent in the venv"))
+}
+
+fn access_director(site: &Path, tag: &str) -> PythonAgent {
+    std::fs::write(site.with_file_name("access.yaml"), ACCESS_CONFIG).unwrap();
+    let script = ocs_agent_script("access_director");
     PythonAgent::start(&script, site, &format!("access-dir-{tag}"), &[])
 }
 
@@ -777,4 +783,171 @@ async fn crossbar_timeout_stops_ops_and_ends_as_ocs_exits() {
         .expect("ocs exits too")
         .unwrap();
     eprintln!("Rust ended after {took:?}; ocs exited with {status}");
+}
+
+#[allow(dead_code)] // `drive` is used; `main` is the example's.
+#[path = "../../../examples/ocs_client.rs"]
+mod client_example;
+
+/// A plain Rust agent that only calls (no ops of its own), running until the token is
+/// cancelled.
+async fn client_agent(
+    url: &str,
+    instance_id: &str,
+) -> (
+    Agent,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), ocs_feed::AgentError>>,
+) {
+    let agent = Agent::new(
+        "ClientAgent",
+        SiteConfig::new(url, REALM, ROOT, instance_id),
+    );
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (a, t) = (agent.clone(), token.clone());
+        async move { a.run(t).await }
+    });
+    let a = agent.clone();
+    support::wait_for(
+        "the client agent to join",
+        Duration::from_secs(20),
+        move || a.is_connected(),
+    )
+    .await;
+    (agent, token, task)
+}
+
+/// Point 6: the Rust `OcsClient` gets from a Python ocs agent exactly the reply triples
+/// ocs's own `OCSClient` gets (compared as text, key order included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_gets_the_reply_triples_ocs_client_gets() {
+    let Some(cb) = crossbar().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let site = site_file(cb, dir.path(), "", "client");
+    // Two Python twins: one driven by ocs's OCSClient, one by the Rust client.
+    let _a = PythonAgent::start(
+        &support::script("twin_agent.py"),
+        &site,
+        "twin-py-client",
+        &[],
+    );
+    let _b = PythonAgent::start(
+        &support::script("twin_agent.py"),
+        &site,
+        "twin-rs-client",
+        &[],
+    );
+    let python = run_client(&site, "twin-py-client", "client", None).await;
+    run_client(&site, "twin-rs-client", "ping", None).await;
+    let (agent, token, task) = client_agent(&cb.ws_url(), "rust-client").await;
+    let twin = OcsClient::new(&agent, "twin-rs-client");
+    let mut rust = Vec::new();
+    let mut step = |name: &str, reply: Result<ocs_feed::OcsReply, ocs_feed::CallError>| {
+        let r = reply.unwrap();
+        let v = json!({"step": name, "reply": [r.status, r.msg, r.session]});
+        rust.push(normalize(&v, "twin-rs-client").to_string());
+    };
+    step("status never run", twin.status("delay_task").await);
+    step(
+        "wait never run",
+        twin.wait("delay_task", Some(Duration::from_secs(1))).await,
+    );
+    step(
+        "start",
+        twin.start("echo", json!({"x": 5, "label": "abc"})).await,
+    );
+    step(
+        "wait",
+        twin.wait("echo", Some(Duration::from_secs(10))).await,
+    );
+    step("bad param", twin.start("configure", json!({})).await);
+    step("privileged", twin.start("privileged", json!({})).await);
+    step("start process", twin.start("acq", json!({})).await);
+    step("stop process", twin.stop("acq").await);
+    step(
+        "wait process",
+        twin.wait("acq", Some(Duration::from_secs(10))).await,
+    );
+    step("abort a process", twin.abort("acq").await);
+    step("run_task", twin.run_task("echo", json!({})).await);
+    let api = twin.get_api().await.unwrap();
+    assert_eq!(api["agent_class"], "TwinAgent");
+    // A call to an agent that is not there.
+    let err = OcsClient::new(&agent, "nobody")
+        .status("x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ocs_feed::CallError::Remote { error, .. } if error == "wamp.error.no_such_procedure"),
+        "{err}"
+    );
+    // The Python side prints with Python's JSON spacing: compare both in serde_json's
+    // compact form (key order kept).
+    let python: Vec<String> = python
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap().to_string())
+        .collect();
+    assert_same_steps(&python, &rust);
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Point 6: the example drives ocs's real FakeDataAgent, and a feed subscription is made
+/// again after the connection to the router is cut and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_drives_ocs_fake_data_agent_and_resubscribes_after_a_reconnect() {
+    let Some(cb) = crossbar().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let site = site_file(cb, dir.path(), "", "fake");
+    let _fake = PythonAgent::start(&ocs_agent_script("fake_data"), &site, "fake-fake", &[]);
+    run_client(&site, "fake-fake", "ping", None).await;
+    let gate = support::Gate::start(cb.port).await;
+    let (agent, token, task) = client_agent(&gate.ws_url(), "fake-driver").await;
+    let summary = client_example::drive(&agent, "fake-fake", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(summary.delay_task.status, 0, "{summary:?}");
+    assert_eq!(
+        summary.delay_task.msg,
+        "Operation \"delay_task\" is currently not running (SUCCEEDED)."
+    );
+    assert_eq!(summary.delay_task.session["success"], true);
+    assert_eq!(summary.acq_start.msg, "Started process \"acq\".");
+    assert_eq!(summary.acq_stop.msg, "Requested stop on process acq\".");
+    assert_eq!(summary.acq_done.session["success"], true, "{summary:?}");
+    assert!(summary.feed_messages >= 1, "{summary:?}");
+
+    // Cut and restore the connection; the subscription comes back with it.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = count.clone();
+    agent.subscribe_to_feed(
+        &format!("{ROOT}.fake-fake"),
+        "false_temperatures",
+        move |_, _| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        },
+    );
+    gate.close();
+    let a = agent.clone();
+    support::wait_for("disconnect", Duration::from_secs(10), move || {
+        !a.is_connected()
+    })
+    .await;
+    gate.open();
+    let a = agent.clone();
+    support::wait_for("rejoin", Duration::from_secs(20), move || a.is_connected()).await;
+    count.store(0, std::sync::atomic::Ordering::Relaxed);
+    let fake = OcsClient::new(&agent, "fake-fake");
+    assert!(fake.start("acq", json!({})).await.unwrap().is_ok());
+    let c = count.clone();
+    support::wait_for(
+        "feed messages after the reconnect",
+        Duration::from_secs(15),
+        move || c.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+    )
+    .await;
+    fake.stop("acq").await.unwrap();
+    token.cancel();
+    task.await.unwrap().unwrap();
 }

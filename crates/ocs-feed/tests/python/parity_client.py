@@ -158,6 +158,19 @@ elif scenario == 'access':
     step('start process', lambda: ops('start', 'acq', {}, **kw))
     step('stop process', lambda: ops('stop', 'acq', {}, **kw))
     wait_done('acq')
+elif scenario == 'client':
+    # The same calls as rust_client_gets_the_reply_triples_ocs_client_gets makes.
+    step('status never run', lambda: client.delay_task.status())
+    step('wait never run', lambda: client.delay_task.wait(timeout=1))
+    step('start', lambda: client.echo.start(x=5, label='abc'))
+    step('wait', lambda: client.echo.wait(timeout=10))
+    step('bad param', lambda: client.configure.start())
+    step('privileged', lambda: client.privileged.start())
+    step('start process', lambda: client.acq.start())
+    step('stop process', lambda: client.acq.stop())
+    step('wait process', lambda: client.acq.wait(timeout=10))
+    step('abort a process', lambda: ops('abort', 'acq', {}))
+    step('run_task', lambda: client.echo())
 elif scenario == 'ping':
     step('get_agent_class', lambda: raw.call(address, 'get_agent_class'))
 elif scenario == 'wait_rules':
