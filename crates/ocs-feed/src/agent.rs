@@ -61,9 +61,9 @@ pub enum AgentError {
         /// The op.
         op: String,
     },
-    /// The router URL is not a `ws://` URL: this agent speaks WAMP over plain WebSocket only
-    /// (no RawSocket, and no TLS).
-    #[error("unsupported router URL {url:?}: only ws://HOST:PORT/PATH is supported")]
+    /// The router URL is not a `ws://` or `wss://` URL: this agent speaks WAMP over
+    /// WebSocket only (no RawSocket).
+    #[error("unsupported router URL {url:?}: only ws:// and wss:// URLs are supported")]
     BadRouterUrl {
         /// The URL from the site config.
         url: String,
@@ -97,6 +97,14 @@ pub enum AgentError {
     RouterTimeout {
         /// The timeout.
         seconds: u64,
+    },
+    /// The private CA file (`--site-ca-file`) cannot be used.
+    #[error("cannot use the CA file {path} for wss://: {reason}")]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
     },
     /// [`Agent::run`] was called while another `run` of the same agent is active.
     #[error("this agent is already running (Agent::run was called twice)")]
@@ -859,7 +867,7 @@ impl Agent {
     /// lost for that long ([`AgentError::RouterTimeout`], after stopping every op).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let url = &self.shared.site.hub_url;
-        if !url.starts_with("ws://") {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(AgentError::BadRouterUrl { url: url.clone() });
         }
         if let Err(e) = &self.shared.access {
@@ -869,9 +877,23 @@ impl Agent {
             return Err(AgentError::RunTwice);
         }
         let calls = lock(&self.shared.calls_rx).take();
+        let tls = match &self.shared.site.ca_file {
+            Some(path) => match tls_connector(path) {
+                Ok(t) => Some(t),
+                Err(reason) => {
+                    self.shared.running.store(false, Ordering::SeqCst);
+                    return Err(AgentError::Tls {
+                        path: path.clone(),
+                        reason,
+                    });
+                }
+            },
+            None => None,
+        };
         let mut driver = Driver {
             shared: self.shared.clone(),
             shutdown,
+            tls,
             calls: calls.unwrap_or_else(|| mpsc::unbounded_channel().1),
         };
         let result = driver.run().await;
@@ -884,6 +906,27 @@ impl Agent {
         self.shared.running.store(false, Ordering::SeqCst);
         result
     }
+}
+
+/// A TLS connector trusting the system's roots and the PEM certificates of `path`.
+fn tls_connector(path: &std::path::Path) -> Result<native_tls::TlsConnector, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut builder = native_tls::TlsConnector::builder();
+    let mut found = 0;
+    // A PEM file may hold several certificates (a CA bundle).
+    let text = String::from_utf8_lossy(&pem);
+    for block in text.split_inclusive("-----END CERTIFICATE-----") {
+        if let Some(start) = block.find("-----BEGIN CERTIFICATE-----") {
+            let cert = native_tls::Certificate::from_pem(&block.as_bytes()[start..])
+                .map_err(|e| e.to_string())?;
+            builder.add_root_certificate(cert);
+            found += 1;
+        }
+    }
+    if found == 0 {
+        return Err("no PEM certificate in the file".into());
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// Why a connection ended.
@@ -906,6 +949,8 @@ enum Reply {
 struct Driver {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// For `wss://` with a private CA (`--site-ca-file`).
+    tls: Option<native_tls::TlsConnector>,
     calls: mpsc::UnboundedReceiver<CallRequest>,
 }
 
@@ -992,9 +1037,14 @@ impl Driver {
         let timing = self.shared.timing;
         let site = &self.shared.site;
         let other = |e: WampError| ConnectError::Other(e.describe());
-        let mut conn = Connection::join(&site.hub_url, &site.realm, timing.join_timeout)
-            .await
-            .map_err(other)?;
+        let mut conn = Connection::join(
+            &site.hub_url,
+            &site.realm,
+            timing.join_timeout,
+            self.tls.as_ref(),
+        )
+        .await
+        .map_err(other)?;
         let ops_uri = format!("{}.ops", self.shared.address);
         let mgmt_uri = self.shared.address.clone();
         let ops_req = conn.register(&ops_uri).await.map_err(other)?;
@@ -1448,14 +1498,11 @@ mod tests {
         Agent::new("A", SiteConfig::new(url, "r", "observatory", "a1"))
     }
 
-    /// wamp_async's RawSocket transport was unreliable; this agent refuses anything but ws://.
+    /// wamp_async's RawSocket transport was unreliable; this agent refuses anything but
+    /// ws:// and wss://.
     #[tokio::test]
     async fn only_websocket_urls_are_accepted() {
-        for url in [
-            "rs://127.0.0.1:8001",
-            "tcp://127.0.0.1:8001",
-            "wss://127.0.0.1/ws",
-        ] {
+        for url in ["rs://127.0.0.1:8001", "tcp://127.0.0.1:8001"] {
             let err = agent(url).run(CancellationToken::new()).await.unwrap_err();
             assert!(
                 matches!(err, AgentError::BadRouterUrl { .. }),

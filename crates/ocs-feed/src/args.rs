@@ -74,6 +74,9 @@ pub struct SiteArgs {
     /// (0 = never). Unset (here and in the site host), the agent reconnects forever.
     #[arg(long, value_name = "SECONDS")]
     pub crossbar_timeout: Option<u64>,
+    /// PEM file of a private CA to trust, besides the system's roots, for a wss:// router.
+    #[arg(long, value_name = "FILE", env = "OCS_SITE_CA_FILE")]
+    pub site_ca_file: Option<PathBuf>,
     /// Access policy: none, override:PW2,PW3 or director:ID (as ocs 0.12).
     #[arg(long, value_name = "POLICY")]
     pub access_policy: Option<String>,
@@ -126,6 +129,9 @@ pub struct SiteConfig {
     pub access_policy: Option<String>,
     /// The site file used, if any.
     pub site_file: Option<PathBuf>,
+    /// A private CA (PEM) trusted besides the system's roots for a `wss://` router
+    /// (`--site-ca-file` or `OCS_SITE_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl SiteConfig {
@@ -147,6 +153,7 @@ impl SiteConfig {
             working_dir: None,
             access_policy: None,
             site_file: None,
+            ca_file: None,
         }
     }
 
@@ -324,6 +331,7 @@ where
         working_dir: cli.working_dir.clone(),
         access_policy: pick(&cli.access_policy, None, hub.map(|h| &h.access_policy)),
         site_file: site_path.clone(),
+        ca_file: cli.site_ca_file.clone(),
     };
     check_uri_component("instance-id", &config.instance_id)?;
     crate::AccessPolicy::parse(config.access_policy.as_deref())?;

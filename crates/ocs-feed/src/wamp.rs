@@ -277,12 +277,14 @@ impl Connection {
     /// Opens the WebSocket with subprotocol `wamp.2.json` and joins `realm` anonymously as
     /// callee and publisher. The whole handshake must finish within `timeout`: a stopped router
     /// whose kernel still accepts connections must not hang the caller.
+    /// `wss://` URLs use TLS with the system's roots, plus `tls`'s (a private CA) if given.
     pub(crate) async fn join(
         url: &str,
         realm: &str,
         timeout: Duration,
+        tls: Option<&native_tls::TlsConnector>,
     ) -> Result<Connection, WampError> {
-        tokio::time::timeout(timeout, Self::join_inner(url, realm, timeout))
+        tokio::time::timeout(timeout, Self::join_inner(url, realm, timeout, tls))
             .await
             .map_err(|_| WampError::Timeout(timeout))?
     }
@@ -291,6 +293,7 @@ impl Connection {
         url: &str,
         realm: &str,
         send_timeout: Duration,
+        tls: Option<&native_tls::TlsConnector>,
     ) -> Result<Connection, WampError> {
         let connect_err = |source| WampError::Connect {
             url: url.to_owned(),
@@ -302,9 +305,11 @@ impl Connection {
             HeaderValue::from_static(SUBPROTOCOL),
         );
         // Small WAMP messages must not wait for Nagle (with delayed ACKs that is 40 ms each).
-        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(connect_err)?;
+        let connector = tls.map(|t| tokio_tungstenite::Connector::NativeTls(t.clone()));
+        let (ws, response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await
+                .map_err(connect_err)?;
         let accepted = response
             .headers()
             .get("Sec-WebSocket-Protocol")
