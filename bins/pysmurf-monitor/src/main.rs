@@ -215,6 +215,9 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         .working_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
+    // First: a port another process has is a refusal to start, before anything else.
+    let udp_addr = SocketAddr::new(args.udp_host, args.udp_port);
+    let socket = bind_udp(udp_addr).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
     let target = DbTarget::resolve(
         args.db_url.as_deref(),
         &working_dir.join("pysmurf_files.db"),
@@ -232,8 +235,6 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         }
     }
 
-    let udp_addr = SocketAddr::new(args.udp_host, args.udp_port);
-    let socket = bind_udp(udp_addr).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
     let spool_dir = args
         .spool_dir
         .clone()

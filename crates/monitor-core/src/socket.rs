@@ -15,6 +15,12 @@ pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
 /// Binds the monitor's UDP socket on `addr` with a large receive buffer.
 /// An IPv6 wildcard address (`[::]`) also receives IPv4 datagrams.
 ///
+/// The port is bound exclusively (no `SO_REUSEADDR`, no `SO_REUSEPORT`): if
+/// another process already receives on it, e.g. a second monitor started
+/// with the same `--udp-port`, this fails with
+/// [`io::ErrorKind::AddrInUse`] and a message naming the port, instead of
+/// silently taking the datagrams away from the first one.
+///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let socket = monitor_core::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -26,10 +32,22 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
-    socket.set_reuse_address(true)?;
     socket.set_recv_buffer_size(RECEIVE_BUFFER_BYTES)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    socket.bind(&addr.into()).map_err(|err| {
+        if err.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "UDP port {} is already in use by another process (another \
+                     pysmurf-monitor?); refusing to share it: {err}",
+                    addr.port()
+                ),
+            )
+        } else {
+            err
+        }
+    })?;
     // Linux reports twice the granted size (it counts its bookkeeping).
     let granted = socket.recv_buffer_size().unwrap_or_default() / 2;
     if granted < RECEIVE_BUFFER_BYTES {
@@ -40,4 +58,22 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
         );
     }
     UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_refused_with_an_error_naming_it() {
+        let first = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let err = bind_udp(format!("127.0.0.1:{port}").parse().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(
+            err.to_string().contains(&format!("UDP port {port} ")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
 }
