@@ -4,11 +4,20 @@
 
 mod common;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{register_numbered, wait_for_rows, MonitorProcess};
+use common::{
+    assert_exactly_once, numbered, register_numbered, wait_for_at_least, wait_for_rows,
+    MonitorProcess,
+};
+use files_db::testing::TestDatabase;
 use files_db::{DbTarget, FilesDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Runs the binary to its end (at most `within`) and returns its exit code
 /// and its stderr.
@@ -76,4 +85,180 @@ async fn a_second_monitor_on_the_same_udp_port_refuses_to_start() {
     );
     assert_eq!(first.terminate(), 0);
     db.close().await;
+}
+
+/// A TCP forwarder to a MariaDB server that knows just enough of the MySQL
+/// protocol to lose a commit's answer: armed with [`CommitCutter::cut_next`],
+/// it forwards the next `COMMIT` (a `COM_QUERY` packet) to the server, waits
+/// for the server's reply — so the transaction is committed — and then
+/// closes both connections instead of passing the reply on. It also clears
+/// the server's TLS capability in its greeting so the client talks in clear.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(server: SocketAddr) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicUsize::new(0));
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(Self::forward(client, server, a.clone(), c.clone()));
+            }
+        });
+        Self { port, armed, cut }
+    }
+
+    /// Cuts the connection after each of the next `commits` commits.
+    fn cut_next(&self, commits: usize) {
+        self.armed.store(commits, Ordering::SeqCst);
+    }
+
+    /// How many commit replies were swallowed so far.
+    fn cuts(&self) -> usize {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    async fn forward(
+        client: TcpStream,
+        server: SocketAddr,
+        armed: Arc<AtomicUsize>,
+        cut: Arc<AtomicUsize>,
+    ) {
+        let Ok(server) = TcpStream::connect(server).await else {
+            return;
+        };
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let swallow = AtomicBool::new(false);
+        let up = async {
+            loop {
+                let mut header = [0u8; 4];
+                from_client.read_exact(&mut header).await?;
+                let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+                let mut payload = vec![0u8; len];
+                from_client.read_exact(&mut payload).await?;
+                // COM_QUERY (0x03) "COMMIT".
+                if payload.eq_ignore_ascii_case(b"\x03COMMIT")
+                    && armed
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    swallow.store(true, Ordering::SeqCst);
+                }
+                to_server.write_all(&header).await?;
+                to_server.write_all(&payload).await?;
+            }
+            #[allow(unreachable_code)]
+            std::io::Result::Ok(())
+        };
+        let down = async {
+            // The greeting: protocol version, NUL-terminated server version,
+            // connection id (4), auth data (8), filler (1), then the lower
+            // capability flags, whose CLIENT_SSL (0x0800) is cleared.
+            let mut header = [0u8; 4];
+            from_server.read_exact(&mut header).await?;
+            let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+            let mut greeting = vec![0u8; len];
+            from_server.read_exact(&mut greeting).await?;
+            if let Some(nul) = greeting.iter().skip(1).position(|&b| b == 0) {
+                let flags = 1 + nul + 1 + 4 + 8 + 1;
+                if let Some(byte) = greeting.get_mut(flags + 1) {
+                    *byte &= !0x08;
+                }
+            }
+            to_client.write_all(&header).await?;
+            to_client.write_all(&greeting).await?;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let n = from_server.read(&mut buffer).await?;
+                if n == 0 {
+                    return std::io::Result::Ok(());
+                }
+                if swallow.load(Ordering::SeqCst) {
+                    // The server has committed and answered; the client
+                    // never hears it.
+                    cut.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                to_client.write_all(&buffer[..n]).await?;
+            }
+        };
+        // Whichever side ends first closes both connections.
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+        }
+    }
+}
+
+/// Registrations whose commit reached MariaDB but whose answer was lost
+/// (the connection cut between the server's OK and the monitor): the
+/// monitor retries them, and every registration is in the table exactly once.
+///
+/// SQLite has no such case: its commit is a call inside the process, not a
+/// message that can be lost, and a failed SQLite commit is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_doubles_no_row_on_mariadb() {
+    const GROUP: usize = 100;
+    let Some(test_db) = TestDatabase::create("hardening_lost_commit").await else {
+        return;
+    };
+    let db = FilesDb::connect(test_db.target()).await.unwrap();
+    db.create_table().await.unwrap();
+    let server_port: u16 = test_db
+        .env()
+        .iter()
+        .find(|(k, _)| *k == "MYSQL_PORT")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let gate = CommitCutter::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server_port))).await;
+    let env: Vec<(&str, String)> = test_db
+        .env()
+        .iter()
+        .map(|(k, v)| match *k {
+            "MYSQL_HOST" => (*k, "127.0.0.1".to_owned()),
+            "MYSQL_PORT" => (*k, gate.port.to_string()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &env, &[]);
+    let mut publisher = monitor.publisher();
+
+    // Two groups, each with the first commit's answer lost.
+    for group in 0..2 {
+        gate.cut_next(1);
+        register_numbered(
+            &mut publisher,
+            work.path(),
+            group * GROUP..(group + 1) * GROUP,
+        );
+        wait_for_at_least(&db, ((group + 1) * GROUP) as u64, Duration::from_secs(60)).await;
+        assert_eq!(gate.cuts(), group + 1, "a commit's answer was lost");
+    }
+    // Until nothing waits for the database any more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while monitor.counters()["spool_depth"] != 0 {
+        assert!(Instant::now() < deadline, "the spool did not empty");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, counters, _) = monitor.terminate_with_log();
+    assert_eq!(code, 0);
+    let paths: Vec<_> = (0..2 * GROUP).map(|i| numbered(work.path(), i)).collect();
+    assert_exactly_once(&db, &paths).await;
+    // The rows of each lost answer were found committed, not written again.
+    let registered = counters["files_registered"].as_u64().unwrap();
+    let present = counters["files_already_present"].as_u64().unwrap();
+    assert!(present >= 2, "{counters}");
+    assert_eq!(registered + present, (2 * GROUP) as u64, "{counters}");
+    db.close().await;
+    test_db.drop_database().await;
 }

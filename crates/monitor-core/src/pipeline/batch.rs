@@ -44,6 +44,13 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
         for (hashed, fate) in batch.drain(..).zip(fates) {
             match fate {
                 Fate::Pending => unsettled.push(hashed),
+                Fate::Uncertain => {
+                    // The commit may have happened with its answer lost: the
+                    // retry must not write these rows a second time.
+                    let mut hashed = hashed;
+                    hashed.registration.replayed = true;
+                    unsettled.push(hashed);
+                }
                 Fate::Committed => settled.extend(hashed.registration.spool_id),
                 Fate::Rejected(reason) => {
                     dead_letter(
@@ -89,6 +96,10 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
 enum Fate {
     /// Not written yet (the database failed before its turn).
     Pending,
+    /// Written by the transaction that failed without a rejection (e.g. the
+    /// connection broke): committed or not, nobody knows, since a commit
+    /// whose answer is lost has still happened.
+    Uncertain,
     /// In the table.
     Committed,
     /// Refused by the database, with its message.
@@ -120,13 +131,17 @@ async fn insert_isolating_rejects(
                 ranges.push(middle..range.end);
                 ranges.push(range.start..middle);
             }
-            Err(err) => return (fates, Some(err)),
+            Err(err) => {
+                range.for_each(|i| fates[i] = Fate::Uncertain);
+                return (fates, Some(err));
+            }
         }
     }
     (fates, None)
 }
 
-/// One transaction; replayed rows skip what an earlier run committed.
+/// One transaction; replayed rows (and rows of an attempt whose outcome is
+/// unknown) skip what is already committed.
 async fn insert(shared: &Shared, hashed: &[Hashed]) -> Result<(), files_db::DbError> {
     let rows: Vec<FileRow> = hashed.iter().map(|h| h.row.clone()).collect();
     let stats = &shared.stats;

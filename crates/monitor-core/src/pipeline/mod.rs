@@ -181,7 +181,9 @@ struct Registration {
     received: Received,
     envelope: Envelope,
     file: FilePayload,
-    /// Replayed from an earlier run: its row may already be committed.
+    /// Its row may already be committed: replayed from an earlier run, or
+    /// written by an attempt that failed without an answer (a lost commit
+    /// reply). Such rows go through the de-duplicating insert.
     replayed: bool,
     /// Its place among the registrations held in memory, given back when
     /// it is dropped (settled, or waiting for its file on a waiting slot).
