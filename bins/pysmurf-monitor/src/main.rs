@@ -279,11 +279,14 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
             result
         })
     };
-    monitor.run(socket, shutdown).await;
-    agent_task
-        .await
-        .context("the OCS agent task failed")?
-        .context("OCS agent")?;
+    let pipeline = monitor.run(socket, shutdown.clone()).await;
+    // A pipeline that stopped on its own stops the agent too, and the process
+    // exits non-zero so that systemd or docker restarts it.
+    shutdown.cancel();
+    let agent = agent_task.await.context("the OCS agent task failed")?;
+    pipeline
+        .context("the pipeline stopped (what it held is in the spool); exiting to be restarted")?;
+    agent.context("OCS agent")?;
     Ok(())
 }
 

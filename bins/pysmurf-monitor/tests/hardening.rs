@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use common::{
 };
 use files_db::testing::TestDatabase;
 use files_db::{DbTarget, FilesDb};
+use ocs_feed::testing as ocs_testing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -261,4 +263,168 @@ async fn a_commit_whose_answer_is_lost_doubles_no_row_on_mariadb() {
     assert_eq!(registered + present, (2 * GROUP) as u64, "{counters}");
     db.close().await;
     test_db.drop_database().await;
+}
+
+/// Waits (at most `within`) for the monitor to exit on its own; its exit
+/// code and every log line.
+fn wait_for_exit(mut monitor: MonitorProcess, within: Duration) -> (i32, Vec<String>) {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = monitor.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor still runs {within:?} after its pipeline failed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines = monitor.log.iter().collect();
+    (status.code().unwrap_or(-1), lines)
+}
+
+/// The fault (see monitor-core's `src/fault.rs`, compiled into the tests'
+/// binary only) as the child's environment.
+fn fault(spec: &str) -> (&'static str, String) {
+    ("PYSMURF_MONITOR_FAULT", spec.to_owned())
+}
+
+fn assert_logged(lines: &[String], needle: &str) {
+    assert!(
+        lines.iter().any(|l| l.contains(needle)),
+        "no log line with {needle:?}"
+    );
+}
+
+/// A receiver that cannot start: the monitor exits non-zero and says why
+/// (it used to log and exit 0).
+#[test]
+fn a_receiver_that_cannot_start_makes_the_monitor_exit_non_zero() {
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &[fault("receiver-start")], &[]);
+    let (code, lines) = wait_for_exit(monitor, Duration::from_secs(30));
+    assert_ne!(code, 0);
+    assert_logged(&lines, "cannot start the UDP receiver");
+    assert_logged(&lines, "exiting to be restarted");
+}
+
+/// The UDP socket fails after 5 datagrams: the 5 are recorded, the
+/// monitor stops receiving, exits non-zero and says why (it used to keep
+/// running, deaf, with `run` healthy).
+#[tokio::test]
+async fn a_failing_udp_socket_makes_the_monitor_exit_non_zero() {
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &[fault("socket-after=5")], &[]);
+    let mut publisher = monitor.publisher();
+    register_numbered(&mut publisher, work.path(), 0..5);
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 5, Duration::from_secs(30)).await;
+    register_numbered(&mut publisher, work.path(), 5..6);
+    let (code, lines) = wait_for_exit(monitor, Duration::from_secs(30));
+    assert_ne!(code, 0);
+    assert_logged(&lines, "the UDP socket failed");
+    let paths: Vec<_> = (0..5).map(|i| numbered(work.path(), i)).collect();
+    assert_exactly_once(&db, &paths).await;
+    db.close().await;
+}
+
+/// A stage panics (the batcher at its second batch, the hasher at its
+/// second chunk): the monitor exits non-zero naming the stage and the
+/// panic, what it held stays in the spool, and the restarted monitor
+/// records every registration exactly once.
+#[tokio::test]
+async fn a_stage_that_panics_makes_the_monitor_exit_non_zero_and_loses_nothing() {
+    for stage in ["batcher", "hasher"] {
+        let work = tempfile::tempdir().unwrap();
+        let monitor =
+            MonitorProcess::start(work.path(), &[fault(&format!("panic-in={stage}@2"))], &[]);
+        let mut publisher = monitor.publisher();
+        register_numbered(&mut publisher, work.path(), 0..1);
+        let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+            .await
+            .unwrap();
+        wait_for_rows(&db, 1, Duration::from_secs(30)).await;
+        register_numbered(&mut publisher, work.path(), 1..20);
+        let (code, lines) = wait_for_exit(monitor, Duration::from_secs(30));
+        assert_ne!(code, 0, "{stage}");
+        assert_logged(
+            &lines,
+            &format!("the {stage} stage panicked: injected fault: panic-in={stage}@2"),
+        );
+
+        let restarted = MonitorProcess::start(work.path(), &[], &[]);
+        wait_for_rows(&db, 20, Duration::from_secs(30)).await;
+        assert_eq!(restarted.terminate(), 0);
+        let paths: Vec<_> = (0..20).map(|i| numbered(work.path(), i)).collect();
+        assert_exactly_once(&db, &paths).await;
+        db.close().await;
+    }
+}
+
+/// While a failed pipeline drains (here 10 s: a registration waits for its
+/// file, which never comes; the database is fine), a real OCSClient sees the
+/// `run` session degraded, with the reason in its data and messages; then
+/// the monitor exits non-zero, the registration left in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pipeline_shows_degraded_with_the_reason_in_the_run_session() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let venv = ocs_testing::venv().expect("venv present when the router is");
+    let instance = format!("pysmurf-monitor-failing-{}", std::process::id());
+    let work = tempfile::tempdir().unwrap();
+    let hub = router.ws_url();
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[fault("socket-after=1")],
+        &["--site-hub", &hub, "--instance-id", &instance],
+    );
+    let site_file = router.site_file(work.path());
+    let mut client = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/run_status_client.py"))
+        .arg(&site_file)
+        .arg(&instance)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+
+    let mut publisher = monitor.publisher();
+    let missing = work.path().join("not/yet/there.dat");
+    publisher
+        .register_file(&smurf_protocol::FilePayload::new(
+            missing.to_str().unwrap(),
+            "dat",
+        ))
+        .unwrap();
+    // Read by the receiver before the next makes the socket fail.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while monitor.socket_queue().rx_queue_bytes > 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    register_numbered(&mut publisher, work.path(), 1..2);
+    let session: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(session["degraded"], true, "{session}");
+    assert_eq!(session["data"]["pipeline_up"], false, "{session}");
+    let reason = session["data"]["pipeline_error"].as_str().unwrap();
+    assert!(reason.contains("the UDP socket failed"), "{session}");
+    assert!(
+        session["messages"].as_array().unwrap().iter().any(|m| m
+            .to_string()
+            .contains("pipeline stopped: the UDP socket failed")),
+        "{session}"
+    );
+    let (code, _) = wait_for_exit(monitor, Duration::from_secs(30));
+    assert_ne!(code, 0);
 }

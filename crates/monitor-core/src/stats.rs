@@ -60,6 +60,10 @@ pub struct MonitorStats {
     pub(crate) spool_depth: AtomicU64,
     last_file: Mutex<Option<String>>,
     last_database_error: Mutex<Option<String>>,
+    /// Why the pipeline stopped on its own (`None` while it runs).
+    pipeline_error: Mutex<Option<String>>,
+    /// Wakes whoever shows the state (the `run` op) when the pipeline fails.
+    pub(crate) pipeline_failed: tokio::sync::Notify,
 }
 
 impl MonitorStats {
@@ -85,6 +89,23 @@ impl MonitorStats {
     /// Whether the last database operation succeeded.
     pub fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Why the pipeline stopped on its own, if it did: the monitor is then
+    /// draining what it holds to the spool and about to exit non-zero.
+    pub fn pipeline_error(&self) -> Option<String> {
+        self.pipeline_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_pipeline_error(&self, reason: String) {
+        *self
+            .pipeline_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.pipeline_failed.notify_waiters();
     }
 
     pub(crate) fn set_last_file(&self, path: &str) {
@@ -131,6 +152,7 @@ impl MonitorStats {
             map.insert(name.into(), json!(load(counter)));
         }
         map.insert("database_up".into(), json!(self.database_up()));
+        map.insert("pipeline_up".into(), json!(self.pipeline_error().is_none()));
         map
     }
 
@@ -150,6 +172,7 @@ impl MonitorStats {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         map.insert("last_database_error".into(), json!(error));
+        map.insert("pipeline_error".into(), json!(self.pipeline_error()));
         map
     }
 }
@@ -178,5 +201,11 @@ mod tests {
         assert_eq!(data["database_up"], false);
         assert_eq!(data["last_database_error"], "gone");
         assert_eq!(data["last_file_registered"], "/data/a.npy");
+        assert_eq!(data["pipeline_up"], true);
+        assert_eq!(data["pipeline_error"], Value::Null);
+        stats.set_pipeline_error("the router stage panicked".into());
+        let data = stats.session_data();
+        assert_eq!(data["pipeline_up"], false);
+        assert_eq!(data["pipeline_error"], "the router stage panicked");
     }
 }

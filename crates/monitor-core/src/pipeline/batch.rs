@@ -25,6 +25,7 @@ pub(super) async fn batch_stage(
                 Ok(_) => {}
             }
         }
+        crate::fault::stage_item("batcher");
         if !commit(&shared, &mut batch, &drain).await {
             break;
         }

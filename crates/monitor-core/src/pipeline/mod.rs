@@ -143,6 +143,28 @@ pub enum MonitorError {
     },
 }
 
+/// Why the pipeline stopped on its own: [`Monitor::run`]'s error. The
+/// process should exit non-zero so that its service manager restarts it;
+/// what the pipeline held is in the spool by then.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The receiver's thread or runtime could not be started.
+    #[error("cannot start the UDP receiver: {0}")]
+    ReceiverStart(#[source] std::io::Error),
+    /// The UDP socket failed: nothing more can be received on it.
+    #[error("the UDP socket failed, nothing more can be received: {0}")]
+    Socket(#[source] std::io::Error),
+    /// A stage panicked (a bug; the panic's message is kept).
+    #[error("the {stage} stage panicked: {message}")]
+    Panicked {
+        /// `receiver`, `router`, `spooler`, `hasher`, `batcher` or `stats`.
+        stage: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
 /// The pysmurf monitor pipeline, ready to run on a socket.
 ///
 /// Build it with [`Monitor::new`], run it with [`Monitor::run`]; read its
@@ -164,6 +186,60 @@ struct Shared {
     limiter: LogLimiter,
     /// `<stream-id>_meta` feeds registered so far.
     metadata_feeds: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Stops the receiver: cancelled by the caller's shutdown or by a
+    /// failure of the pipeline itself.
+    stop: CancellationToken,
+    /// The first failure of the pipeline ([`Shared::fail`]).
+    failure: std::sync::Mutex<Option<PipelineError>>,
+}
+
+impl Shared {
+    /// The pipeline cannot go on: keeps the first reason, shows it (log,
+    /// `run` session) and stops receiving; the stages then drain to the
+    /// spool as at a shutdown and [`Monitor::run`] returns the error.
+    fn fail(&self, failure: PipelineError) {
+        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::error!(
+                reason = %failure,
+                "pipeline failed: draining what it holds to the spool, then exiting \
+                 non-zero so that the service manager restarts the monitor"
+            );
+            self.stats.set_pipeline_error(failure.to_string());
+            *first = Some(failure);
+        }
+        drop(first);
+        self.stop.cancel();
+    }
+}
+
+/// Runs `stage` as a task tracked by `tracker`; a panic in it fails the
+/// pipeline ([`PipelineError::Panicked`]) instead of going unseen.
+fn supervise(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    stage: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let inner = tokio::spawn(task);
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        if let Err(err) = inner.await {
+            if err.is_panic() {
+                let message = panic_message(err.into_panic().as_ref());
+                shared.fail(PipelineError::Panicked { stage, message });
+            }
+        }
+    });
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// A datagram as the receiver hands it on.
@@ -247,6 +323,8 @@ impl Monitor {
                 stats,
                 limiter: LogLimiter::default(),
                 metadata_feeds: Default::default(),
+                stop: CancellationToken::new(),
+                failure: Default::default(),
             }),
         })
     }
@@ -288,8 +366,30 @@ impl Monitor {
     /// Runs until `shutdown` is cancelled: replays the spool, then receives
     /// on `socket`. Returns once every stage has drained (bounded by
     /// [`PipelineOptions::drain_timeout`] after the cancel).
-    pub async fn run(self, socket: UdpSocket, shutdown: CancellationToken) {
+    ///
+    /// If the pipeline cannot go on (the receiver cannot start, the socket
+    /// fails, a stage panics), it stops receiving as if `shutdown` were
+    /// cancelled, drains what it holds to the spool, and returns the first
+    /// such failure; meanwhile [`MonitorStats::pipeline_error`] (and the
+    /// `run` session, degraded) says why. `shutdown` itself is left alone:
+    /// the caller decides what else to stop. A process should then exit
+    /// non-zero so that its service manager restarts it.
+    pub async fn run(
+        self,
+        socket: UdpSocket,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
         let shared = self.shared;
+        let stop = shared.stop.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
         let tracker = TaskTracker::new();
         // Stages after the receiver keep going after `shutdown` until their
         // input closes, or until `drain` fires when the drain timeout is over.
@@ -299,24 +399,43 @@ impl Monitor {
         let (spool_tx, spool_rx) = mpsc::channel(TO_SPOOL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(TO_BATCH_CAPACITY);
 
-        tracker.spawn(batch_stage(shared.clone(), batch_rx, drain.clone()));
+        supervise(
+            &tracker,
+            &shared,
+            "batcher",
+            batch_stage(shared.clone(), batch_rx, drain.clone()),
+        );
         // Also replays what an earlier run left in the spool.
-        tracker.spawn(spool_stage(
-            shared.clone(),
-            spool_rx,
-            batch_tx,
-            tracker.clone(),
-            drain.clone(),
-        ));
-        tracker.spawn(route_stage(shared.clone(), received_rx, spool_tx));
-        tracker.spawn(stats_stage(shared.clone(), shutdown.clone()));
-        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, shutdown.clone()) {
-            tracing::error!(error = %err, "cannot start the UDP receiver; stopping");
-            shutdown.cancel();
+        supervise(
+            &tracker,
+            &shared,
+            "spooler",
+            spool_stage(
+                shared.clone(),
+                spool_rx,
+                batch_tx,
+                tracker.clone(),
+                drain.clone(),
+            ),
+        );
+        supervise(
+            &tracker,
+            &shared,
+            "router",
+            route_stage(shared.clone(), received_rx, spool_tx),
+        );
+        supervise(
+            &tracker,
+            &shared,
+            "stats",
+            stats_stage(shared.clone(), stop.clone()),
+        );
+        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, stop.clone()) {
+            shared.fail(PipelineError::ReceiverStart(err));
         }
         tracker.close();
 
-        shutdown.cancelled().await;
+        stop.cancelled().await;
         tracing::info!("shutting down: draining the pipeline");
         if tokio::time::timeout(shared.options.drain_timeout, tracker.wait())
             .await
@@ -337,6 +456,12 @@ impl Monitor {
         // Every counter, as JSON: what the run did, for the operator's log.
         let counters = Value::Object(shared.stats.snapshot());
         tracing::info!(%counters, "pipeline stopped");
+        let failure = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        failure.map_or(Ok(()), Err)
     }
 }
 

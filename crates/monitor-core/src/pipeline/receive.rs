@@ -13,12 +13,15 @@ pub(super) const RECEIVE_BATCH: usize = 64;
 /// datagrams move from the kernel's buffer into the router's channel as fast
 /// as they arrive. The thread ends when `shutdown` is cancelled or the
 /// router is gone; dropping its sender then closes the router's input.
+/// A failing socket or a panic on the thread fails the pipeline
+/// ([`Shared::fail`]).
 pub(super) fn start_receiver(
     shared: Arc<Shared>,
     socket: UdpSocket,
     to_router: mpsc::Sender<Vec<Received>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    crate::fault::receiver_start()?;
     // Leaves the caller's reactor; registered again on the thread's own.
     let socket = socket.into_std()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -28,54 +31,81 @@ pub(super) fn start_receiver(
     std::thread::Builder::new()
         .name("udp-receiver".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => receive(&shared, &socket, &to_router, &shutdown).await,
-                    Err(err) => tracing::error!(error = %err, "cannot receive on the UDP socket"),
-                }
-            });
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async {
+                    let socket = UdpSocket::from_std(socket)?;
+                    receive(&shared, &socket, &to_router, &shutdown).await
+                })
+            }));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => shared.fail(PipelineError::Socket(err)),
+                Err(panic) => shared.fail(PipelineError::Panicked {
+                    stage: "receiver",
+                    message: panic_message(panic.as_ref()),
+                }),
+            }
         })?;
     Ok(())
 }
 
 /// Drains the socket into the router's channel, in batches of what is
-/// queued; never parses, never waits on anything but that channel.
+/// queued; never parses, never waits on anything but that channel. Ends
+/// with `Ok` at `shutdown` or when the router is gone, with the error when
+/// the socket fails.
 async fn receive(
     shared: &Shared,
     socket: &UdpSocket,
     to_router: &mpsc::Sender<Vec<Received>>,
     shutdown: &CancellationToken,
-) {
+) -> std::io::Result<()> {
     // One byte more than any UDP payload: a datagram is never truncated
     // silently, so oversize is always detected.
     let mut buffer = vec![0u8; 65_536];
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ready = socket.readable() => if let Err(err) = ready {
-                tracing::error!(error = %err, "UDP socket failed; no longer receiving");
-                break;
-            },
+            _ = shutdown.cancelled() => return Ok(()),
+            ready = socket.readable() => ready?,
         }
+        crate::fault::socket(shared.stats.datagrams_received.load(Ordering::Relaxed))?;
         let mut batch = Vec::new();
         while batch.len() < RECEIVE_BATCH {
             let (len, sender) = match socket.try_recv_from(&mut buffer) {
                 Ok(received) => received,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(err) => {
+                Err(err) if is_transient(&err) => {
                     // E.g. ICMP errors reported on the socket; nothing to lose.
                     tracing::debug!(error = %err, "UDP receive error");
                     break;
                 }
+                Err(err) => return Err(err),
             };
             if let Some(received) = admit(shared, &buffer[..len], sender) {
                 batch.push(received);
             }
         }
         if !batch.is_empty() && to_router.send(batch).await.is_err() {
-            break;
+            // The router is gone: its own failure is what stops the pipeline.
+            return Ok(());
         }
     }
+}
+
+/// Receive errors after which the socket still works: ICMP reports of an
+/// earlier send, interruptions, a momentary lack of kernel memory. Any
+/// other (a closed or invalid descriptor, …) means no more datagrams.
+fn is_transient(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        Interrupted
+            | ConnectionRefused
+            | ConnectionReset
+            | HostUnreachable
+            | NetworkUnreachable
+            | OutOfMemory
+            | TimedOut
+    ) || err.raw_os_error() == Some(105) // ENOBUFS
 }
 
 /// Counts a datagram and keeps it if its sender is allowed and its size is.

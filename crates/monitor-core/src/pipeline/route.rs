@@ -19,6 +19,7 @@ pub(super) async fn route_stage(
 
 /// Routes one datagram; `false` once the spool stage is gone.
 async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Registration>) -> bool {
+    crate::fault::stage_item("router");
     let parsed = match Datagram::parse(&datagram.bytes) {
         Ok(parsed) => parsed,
         Err(err) => {
