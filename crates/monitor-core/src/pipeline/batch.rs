@@ -58,7 +58,8 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
                         shared,
                         &hashed.registration.received,
                         format!("rejected by the database: {reason}"),
-                    );
+                    )
+                    .await;
                     settled.extend(hashed.registration.spool_id);
                 }
             }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{epoch_seconds, DeadLetter, DeadLetters};
+use crate::dead_letter::{epoch_seconds, DeadLetterWriter, DeadLetters, Letter};
 use crate::guard::{AllowList, LogLimiter};
 use crate::hasher::{FileHasher, WaitPolicy};
 use crate::registration::{file_row, registered_path, Recorder};
@@ -127,6 +127,9 @@ pub enum MonitorError {
     /// A data root does not exist or cannot be resolved.
     #[error("unusable data root")]
     DataRoot(#[source] std::io::Error),
+    /// The dead-letter writer's thread could not be started.
+    #[error("cannot start the dead-letter writer thread")]
+    DeadLetterWriter(#[source] std::io::Error),
     /// A feed could not be registered on the agent.
     #[error("cannot register feed")]
     Feed(#[from] ocs_feed::FeedError),
@@ -179,7 +182,7 @@ struct Shared {
     agent: Option<Agent>,
     recorder: Recorder,
     spool: Spool,
-    dead_letters: DeadLetters,
+    dead_letters: DeadLetterWriter,
     hasher: FileHasher,
     options: PipelineOptions,
     stats: Arc<MonitorStats>,
@@ -308,6 +311,9 @@ impl Monitor {
             agent.register_feed(SESSION_FEED, FeedOptions::default())?;
             agent.register_feed(STATS_FEED, FeedOptions::recorded(json!({}), 0.0))?;
         }
+        let dead_letters =
+            DeadLetterWriter::start(DeadLetters::new(spool_dir.join("dead_letters.jsonl")))
+                .map_err(MonitorError::DeadLetterWriter)?;
         let stats = Arc::new(MonitorStats::default());
         // Up until an operation says otherwise: `run` must not start degraded.
         stats.set_database_error(None);
@@ -317,7 +323,7 @@ impl Monitor {
                 agent,
                 recorder,
                 spool,
-                dead_letters: DeadLetters::new(spool_dir.join("dead_letters.jsonl")),
+                dead_letters,
                 hasher,
                 options,
                 stats,
@@ -449,6 +455,9 @@ impl Monitor {
             tracker.wait().await;
         }
         shared.spool.close().await;
+        // Dead letters of datagrams that had no spool record are not waited
+        // for where they are queued: they are on disk before `run` returns.
+        shared.dead_letters.flush().await;
         shared
             .stats
             .spool_depth
@@ -489,16 +498,30 @@ fn publish(shared: &Shared, feed: &str, message: Value) {
     }
 }
 
-fn dead_letter(shared: &Shared, received: &Received, reason: String) {
+/// Dead-letters a registration on the writer thread; returns once the
+/// letter is written (or its loss logged), so that the caller may then ack
+/// its spool record.
+async fn dead_letter(shared: &Shared, received: &Received, reason: String) {
     shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-    let letter = DeadLetter {
+    shared.dead_letters.write(letter(received, reason)).await;
+}
+
+/// Dead-letters a datagram that has no spool record, without waiting for
+/// the write.
+async fn dead_letter_later(shared: &Shared, received: &Received, reason: String) {
+    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    shared
+        .dead_letters
+        .write_later(letter(received, reason))
+        .await;
+}
+
+fn letter(received: &Received, reason: String) -> Letter {
+    Letter {
         reason,
         sender: received.sender,
         received_at: received.received_at,
-        datagram: &received.bytes[..],
-    };
-    if let Err(err) = shared.dead_letters.record(&letter) {
-        tracing::error!(error = %err, reason = %letter.reason, "dead letter lost");
+        datagram: received.bytes.clone(),
     }
 }
 

@@ -253,7 +253,7 @@ impl Hashing {
                         &err.to_string(),
                     );
                 }
-                dead_letter(shared, &registration.received, with_causes(&err));
+                dead_letter(shared, &registration.received, with_causes(&err)).await;
                 if let Some(id) = registration.spool_id {
                     ack(shared, &[id]).await;
                 }
@@ -325,7 +325,8 @@ async fn registration_from(
                 shared,
                 &received,
                 format!("spooled record {}: {reason}", record.id),
-            );
+            )
+            .await;
             ack(shared, &[record.id]).await;
             None
         }

@@ -40,7 +40,7 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
             };
             if let Err(reason) = check_path(&file.path) {
                 refuse(shared, datagram.sender, RejectReason::PathRefused, reason);
-                dead_letter(shared, &datagram, format!("path refused: {reason}"));
+                dead_letter_later(shared, &datagram, format!("path refused: {reason}")).await;
                 return true;
             }
             shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
