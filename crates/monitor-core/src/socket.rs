@@ -8,8 +8,10 @@ use tokio::net::UdpSocket;
 
 /// Receive buffer asked of the kernel: room for a burst of several thousand
 /// datagrams while the receiver is busy. Linux caps the request at
-/// `net.core.rmem_max`; raise it (`sysctl -w net.core.rmem_max=33554432`)
-/// for the full size. The monitor logs a warning when it got less.
+/// `net.core.rmem_max`; the monitor then asks again with `SO_RCVBUFFORCE`,
+/// which a process with `CAP_NET_ADMIN` (e.g. root) may, and logs a warning
+/// when it may not: raise `net.core.rmem_max`
+/// (`sysctl -w net.core.rmem_max=33554432`) for the full size.
 pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
 
 /// Binds the monitor's UDP socket on `addr` with a large receive buffer.
@@ -49,13 +51,30 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
         }
     })?;
     // Linux reports twice the granted size (it counts its bookkeeping).
-    let granted = socket.recv_buffer_size().unwrap_or_default() / 2;
+    let mut granted = socket.recv_buffer_size().unwrap_or_default() / 2;
     if granted < RECEIVE_BUFFER_BYTES {
-        tracing::warn!(
-            requested = RECEIVE_BUFFER_BYTES,
-            granted,
-            "UDP receive buffer smaller than asked; raise net.core.rmem_max for burst safety"
-        );
+        // Beyond net.core.rmem_max: allowed with CAP_NET_ADMIN (root, or
+        // the capability given to the service).
+        match nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &RECEIVE_BUFFER_BYTES,
+        ) {
+            Ok(()) => {
+                granted = socket.recv_buffer_size().unwrap_or_default() / 2;
+                tracing::info!(
+                    granted,
+                    "UDP receive buffer forced past net.core.rmem_max (SO_RCVBUFFORCE)"
+                );
+            }
+            Err(errno) => tracing::warn!(
+                error = %errno,
+                requested = RECEIVE_BUFFER_BYTES,
+                granted,
+                "UDP receive buffer capped by net.core.rmem_max and SO_RCVBUFFORCE not \
+                 permitted (needs CAP_NET_ADMIN): raise net.core.rmem_max for burst safety"
+            ),
+        }
     }
     UdpSocket::from_std(socket.into())
 }

@@ -58,6 +58,11 @@ pub struct MonitorStats {
     pub(crate) spool_errors: AtomicU64,
     pub(crate) database_up: AtomicBool,
     pub(crate) spool_depth: AtomicU64,
+    /// Datagrams read from the socket and not yet through the spool stage
+    /// (or routed elsewhere): what a `kill -9` would lose now.
+    unspooled: AtomicU64,
+    /// The highest `unspooled` since start.
+    unspooled_peak: AtomicU64,
     last_file: Mutex<Option<String>>,
     last_database_error: Mutex<Option<String>>,
     /// Why the pipeline stopped on its own (`None` while it runs).
@@ -108,6 +113,17 @@ impl MonitorStats {
         self.pipeline_failed.notify_waiters();
     }
 
+    /// `count` datagrams read from the socket, not yet spooled.
+    pub(crate) fn unspooled_add(&self, count: u64) {
+        let now = self.unspooled.fetch_add(count, Ordering::Relaxed) + count;
+        self.unspooled_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// `count` of them spooled, or routed elsewhere (not registrations).
+    pub(crate) fn unspooled_sub(&self, count: u64) {
+        self.unspooled.fetch_sub(count, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_last_file(&self, path: &str) {
         *self.last_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_owned());
     }
@@ -148,6 +164,8 @@ impl MonitorStats {
             ("feed_errors", &self.feed_errors),
             ("other_messages", &self.other_messages),
             ("spool_errors", &self.spool_errors),
+            ("unspooled", &self.unspooled),
+            ("unspooled_peak", &self.unspooled_peak),
         ] {
             map.insert(name.into(), json!(load(counter)));
         }

@@ -65,6 +65,7 @@ pub(super) async fn spool_stage(
                 }
                 crate::fault::stage_item("spooler");
                 let ids = append(&shared, &group).await;
+                shared.stats.unspooled_sub(group.len() as u64);
                 let mut ready = Vec::with_capacity(group.len());
                 for (registration, id) in group.drain(..).zip(ids) {
                     match (id, &behind) {
