@@ -428,3 +428,39 @@ async fn a_failed_pipeline_shows_degraded_with_the_reason_in_the_run_session() {
     let (code, _) = wait_for_exit(monitor, Duration::from_secs(30));
     assert_ne!(code, 0);
 }
+
+/// The kill -9 window counters: `unspooled` (datagrams read, not yet in the
+/// spool) is back to 0 once everything is spooled, whatever the datagrams
+/// were (registrations, session messages, garbage, refused paths), and
+/// `unspooled_peak` kept the burst's highest value.
+#[tokio::test]
+async fn the_unspooled_counter_returns_to_zero_and_keeps_its_peak() {
+    let work = tempfile::tempdir().unwrap();
+    let monitor = MonitorProcess::start(work.path(), &[], &[]);
+    let mut publisher = monitor.publisher();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..20 {
+        socket.send_to(b"\xff not json", monitor.udp).unwrap();
+        publisher
+            .publish("session_log", &serde_json::json!(format!("line {i}")))
+            .unwrap();
+        publisher
+            .register_file(&smurf_protocol::FilePayload::new(
+                "relative/path.dat",
+                "dat",
+            ))
+            .unwrap();
+    }
+    register_numbered(&mut publisher, work.path(), 0..200);
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, 200, Duration::from_secs(30)).await;
+    let counters = monitor.counters();
+    assert_eq!(counters["datagrams_received"], 260, "{counters}");
+    assert_eq!(counters["unspooled"], 0, "{counters}");
+    let peak = counters["unspooled_peak"].as_u64().unwrap();
+    assert!((1..=260).contains(&peak), "{counters}");
+    assert_eq!(monitor.terminate(), 0);
+    db.close().await;
+}
