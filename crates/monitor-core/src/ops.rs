@@ -65,22 +65,34 @@ pub(crate) fn register(
         OpOptions::new()
             .doc(
                 "run()\n\n**Process** - Reports the monitor's counters in session.data every \
-                 second and sets degraded while the database fails or the spool grows. The \
-                 monitor records files whether or not this process runs.",
+                 second and sets degraded while the database fails, the spool grows or the \
+                 pipeline has stopped (session.data.pipeline_error says why). The monitor \
+                 records files whether or not this process runs.",
             )
             .startup(json!({})),
         move |session, _params| {
             let stats = stats.clone();
             async move {
+                let mut reported_failure = false;
                 loop {
                     let data = stats.session_data();
                     let spool_depth = data.get("spool_depth").and_then(Value::as_u64).unwrap_or(0);
-                    session
-                        .set_degraded(!stats.database_up() || spool_depth > DEGRADED_SPOOL_DEPTH);
+                    let failure = stats.pipeline_error();
+                    session.set_degraded(
+                        !stats.database_up()
+                            || spool_depth > DEGRADED_SPOOL_DEPTH
+                            || failure.is_some(),
+                    );
                     session.set_data(Value::Object(data));
+                    if let (Some(reason), false) = (failure, reported_failure) {
+                        session.add_message(format!("pipeline stopped: {reason}"));
+                        reported_failure = true;
+                    }
                     tokio::select! {
                         _ = session.stopped() => break,
                         _ = tokio::time::sleep(RUN_REFRESH) => {}
+                        // A failure shows at once, not up to a second later.
+                        _ = stats.pipeline_failed.notified() => {}
                     }
                 }
                 Ok("Monitor reports stopped; files are still recorded.".to_owned())
