@@ -21,7 +21,9 @@
 //! * ocs 0.12.1's parameter checks ([`OpOptions::param`], [`Param`], [`ParamHandler`]) and
 //!   access control ([`AccessPolicy`]);
 //! * the client side: subscriptions to other agents' feeds ([`Agent::subscribe_to_feed`]),
-//!   calls ([`Agent::call`]) and other agents' ops ([`OcsClient`]).
+//!   calls ([`Agent::call`]) and other agents' ops ([`OcsClient`]);
+//! * [`error_with_causes`], the one-line text of an error and its causes that its logs and
+//!   op failures use (public so that agents built on it say errors the same way).
 //!
 //! What differs from ocs on purpose is listed in `docs/ocs-compatibility.md`.
 //!
@@ -72,6 +74,7 @@
 mod access;
 mod agent;
 mod args;
+mod causes;
 mod client;
 mod feed;
 mod ops;
@@ -87,6 +90,7 @@ pub use agent::{
     Agent, AgentBuilder, AgentError, CallError, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY,
 };
 pub use args::{parse_args, parse_args_from, HasSiteArgs, SiteArgs, SiteArgsOnly, SiteConfig};
+pub use causes::error_with_causes;
 pub use client::{OcsClient, OcsReply};
 pub use feed::{check_field_name, enforce_field_name_rules, FeedError, FeedOptions};
 pub use ops::{OpError, OpOptions, OpResult, Params};

@@ -48,14 +48,9 @@ impl OpError {
 
 impl<E: std::error::Error> From<E> for OpError {
     fn from(e: E) -> OpError {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
+        OpError {
+            message: crate::error_with_causes(&e),
         }
-        OpError { message }
     }
 }
 

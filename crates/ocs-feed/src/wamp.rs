@@ -74,14 +74,7 @@ pub(crate) enum WampError {
 impl WampError {
     /// The message with its causes, for logs (`Display` alone leaves the cause out).
     pub(crate) fn describe(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        crate::error_with_causes(self)
     }
 }
 
