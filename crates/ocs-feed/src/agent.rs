@@ -24,7 +24,7 @@ use crate::args::SiteConfig;
 use crate::feed::{Feed, FeedError, FeedOptions, FeedQueue, Outgoing};
 use crate::ops::{self, Op, OpKind, OpOptions, OpResult, Params};
 use crate::session::{now, Session};
-use crate::wamp::{Connection, Incoming, WampError};
+use crate::wamp::{Connection, Incoming, Request, WampError};
 
 /// Feed messages waiting for the router; when full, the oldest is dropped and counted (see
 /// [`FeedStats::dropped`]). At the monitor's rates this is minutes of feed data.
@@ -1067,7 +1067,7 @@ impl Driver {
                     registration,
                 } if request == mgmt_req => mgmt_reg = Some(registration),
                 Incoming::Error {
-                    request_type: 64,
+                    to: Request::Register,
                     request,
                     error,
                     args,
@@ -1228,7 +1228,7 @@ impl Driver {
                         }
                     }
                     Incoming::Error {
-                        request_type: 16,
+                        to: Request::Publish,
                         request,
                         error,
                         ..
@@ -1278,7 +1278,7 @@ impl Driver {
                         }
                     }
                     Incoming::Error {
-                        request_type: 32,
+                        to: Request::Subscribe,
                         request,
                         error,
                         args,
@@ -1316,7 +1316,7 @@ impl Driver {
                         }
                     }
                     Incoming::Error {
-                        request_type: 48,
+                        to: Request::Call,
                         request,
                         error,
                         args,
@@ -1330,7 +1330,7 @@ impl Driver {
                         }
                     }
                     Incoming::Error {
-                        request_type: 48,
+                        to: Request::Call,
                         request,
                         error,
                         ..

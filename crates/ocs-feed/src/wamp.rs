@@ -94,8 +94,10 @@ pub(crate) enum Incoming {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     },
+    /// ERROR: the router (or a callee) refused one of our requests.
     Error {
-        request_type: u64,
+        /// Which kind of request it answers.
+        to: Request,
         request: u64,
         error: String,
         args: Vec<Value>,
@@ -122,6 +124,27 @@ pub(crate) enum Incoming {
     },
     /// Anything this client does not use, or could not parse.
     Other(String),
+}
+
+/// The requests of ours an ERROR can answer (its request type, by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    Register,
+    Subscribe,
+    Publish,
+    Call,
+}
+
+impl Request {
+    fn from_message_type(number: u64) -> Option<Request> {
+        match number {
+            REGISTER => Some(Request::Register),
+            SUBSCRIBE => Some(Request::Subscribe),
+            PUBLISH => Some(Request::Publish),
+            CALL => Some(Request::Call),
+            _ => None,
+        }
+    }
 }
 
 impl Incoming {
@@ -164,17 +187,16 @@ impl Incoming {
                         },
                     })
             }
-            Some(ERROR) => {
-                int(1)
-                    .zip(int(2))
-                    .zip(string(4))
-                    .map(|((request_type, request), error)| Incoming::Error {
-                        request_type,
-                        request,
-                        error,
-                        args: list(5),
-                    })
-            }
+            Some(ERROR) => int(1)
+                .and_then(Request::from_message_type)
+                .zip(int(2))
+                .zip(string(4))
+                .map(|((to, request), error)| Incoming::Error {
+                    to,
+                    request,
+                    error,
+                    args: list(5),
+                }),
             Some(SUBSCRIBED) => {
                 int(1)
                     .zip(int(2))
@@ -543,7 +565,7 @@ mod tests {
                 r#"[8, 64, 1, {}, "wamp.error.procedure_already_exists", ["register for already registered procedure 'observatory.fake-data1.ops'"]]"#
             ),
             Incoming::Error {
-                request_type: 64,
+                to: Request::Register,
                 request: 1,
                 error: "wamp.error.procedure_already_exists".into(),
                 args: vec![json!(
@@ -575,5 +597,10 @@ mod tests {
         assert!(matches!(Incoming::parse("[999, 1]"), Incoming::Other(_)));
         assert!(matches!(Incoming::parse("{}"), Incoming::Other(_)));
         assert!(matches!(Incoming::parse("[65, -1, 2]"), Incoming::Other(_)));
+        // An ERROR answering a request this client never sends (here UNSUBSCRIBE).
+        assert!(matches!(
+            Incoming::parse(r#"[8, 34, 1, {}, "wamp.error.no_such_subscription", []]"#),
+            Incoming::Other(_)
+        ));
     }
 }
