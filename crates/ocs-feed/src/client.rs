@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::agent::{Agent, CallError};
+use crate::agent::Agent;
+use crate::call::CallError;
 
 /// ocs's reply triple `(status, msg, session)` (`OCSReply`): `status` is 0 (OK), -1
 /// (ERROR) or 1 (TIMEOUT); `session` is the op's session dict, `{}` when there is none.

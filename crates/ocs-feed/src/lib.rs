@@ -74,24 +74,29 @@
 mod access;
 mod agent;
 mod args;
+mod call;
 mod causes;
 mod client;
+mod driver;
+mod error;
 mod feed;
 mod ops;
 mod params;
+mod procedures;
 mod session;
 mod site;
+mod state;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod wamp;
 
 pub use access::{AccessPolicy, AccessPolicyError};
-pub use agent::{
-    Agent, AgentBuilder, AgentError, CallError, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY,
-};
+pub use agent::{Agent, AgentBuilder, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY};
 pub use args::{parse_args, parse_args_from, HasSiteArgs, SiteArgs, SiteArgsOnly, SiteConfig};
+pub use call::CallError;
 pub use causes::error_with_causes;
 pub use client::{OcsClient, OcsReply};
+pub use error::AgentError;
 pub use feed::{check_field_name, enforce_field_name_rules, FeedError, FeedOptions};
 pub use ops::{OpError, OpOptions, OpResult, Params};
 pub use params::{Cast, Param, ParamError, ParamHandler, ParamType};
