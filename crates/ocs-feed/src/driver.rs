@@ -8,12 +8,13 @@
 //! are stopped and `run` ends after that long without the router). Ops keep running meanwhile.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,9 +69,52 @@ pub(crate) fn tls_connector(path: &std::path::Path) -> Result<native_tls::TlsCon
 /// Why a connection ended.
 enum End {
     Shutdown,
+    /// The router was lost; the reason, with its causes.
     Lost(String),
 }
 
+impl From<WampError> for End {
+    fn from(e: WampError) -> End {
+        End::Lost(e.describe())
+    }
+}
+
+/// A connection joined to the realm with both procedures registered.
+struct Joined {
+    conn: Connection,
+    /// The router's registration id of `{address}.ops`.
+    ops_registration: u64,
+    /// The router's registration id of `{address}` (management).
+    management_registration: u64,
+    /// Messages that came before both REGISTERED.
+    early: Vec<Incoming>,
+}
+
+/// One connection being served, and what is pending on it; dropped when it ends.
+struct Link {
+    conn: Connection,
+    ops_registration: u64,
+    management_registration: u64,
+    heartbeat_topic: String,
+    /// Feed messages sent and not yet acknowledged, by request id (= sending order).
+    in_flight: BTreeMap<u64, (Outgoing, Instant)>,
+    /// Heartbeats sent and not yet acknowledged.
+    heartbeats: BTreeMap<u64, Instant>,
+    subs: SubscriptionState,
+    /// Calls sent and not yet answered: the procedure and who waits.
+    calls: BTreeMap<u64, (String, oneshot::Sender<CallResult>)>,
+    /// The Access Director's `agent_poll` call (policy director).
+    poll_request: Option<u64>,
+    /// Op-handler tasks send their replies here.
+    reply_tx: mpsc::UnboundedSender<(u64, Reply)>,
+    /// Set when shutdown began: then ops are stopping, and the connection ends at this
+    /// instant or once no op runs, whichever is first.
+    shutdown_deadline: Option<Instant>,
+    /// Startup ops start after the first heartbeat of the first join.
+    startup_pending: bool,
+}
+
+/// Why joining failed.
 enum ConnectError {
     AlreadyRunning { procedure: String },
     Other(String),
@@ -140,11 +184,11 @@ impl Driver {
                 _ = sleep_until_opt(give_up_at) => return self.give_up(router_timeout).await,
             };
             match connected {
-                Ok((conn, ops_reg, mgmt_reg, early)) => {
-                    tracing::info!(router = %url, session = conn.session_id, address = %self.shared.address, "joined and registered");
+                Ok(joined) => {
+                    tracing::info!(router = %url, session = joined.conn.session_id, address = %self.shared.address, "joined and registered");
                     backoff = timing.backoff_initial;
                     self.shared.connected.store(true, Ordering::Relaxed);
-                    let end = self.serve(conn, ops_reg, mgmt_reg, early, first_join).await;
+                    let end = self.serve(joined, first_join).await;
                     self.shared.connected.store(false, Ordering::Relaxed);
                     first_join = false;
                     match end {
@@ -192,7 +236,7 @@ impl Driver {
     }
 
     /// Joins and registers both procedures; returns them and any message that came early.
-    async fn connect(&self) -> Result<(Connection, u64, u64, Vec<Incoming>), ConnectError> {
+    async fn connect(&self) -> Result<Joined, ConnectError> {
         let timing = self.shared.timing;
         let site = &self.shared.site;
         let other = |e: WampError| ConnectError::Other(e.describe());
@@ -250,12 +294,12 @@ impl Driver {
                 other => early.push(other),
             }
         }
-        Ok((
+        Ok(Joined {
             conn,
-            ops_reg.unwrap_or_default(),
-            mgmt_reg.unwrap_or_default(),
+            ops_registration: ops_reg.unwrap_or_default(),
+            management_registration: mgmt_reg.unwrap_or_default(),
             early,
-        ))
+        })
     }
 
     fn stop_all_ops(&self) {
@@ -280,314 +324,374 @@ impl Driver {
         }
     }
 
-    async fn serve(
-        &mut self,
-        mut conn: Connection,
-        ops_reg: u64,
-        mgmt_reg: u64,
-        early: Vec<Incoming>,
-        first_join: bool,
-    ) -> End {
-        let timing = self.shared.timing;
-        let heartbeat_topic = format!("{}.feeds.heartbeat", self.shared.address);
-        // Sent and not yet acknowledged, by request id (= sending order).
-        let mut in_flight: BTreeMap<u64, (Outgoing, Instant)> = BTreeMap::new();
-        let mut heartbeats: BTreeMap<u64, Instant> = BTreeMap::new();
-        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<(u64, Reply)>();
-        let mut ticker = tokio::time::interval(timing.heartbeat_period);
+    /// Serves one joined connection until it ends: sets it up as ocs's `onJoin` does, then
+    /// handles one [`Event`] at a time, sending queued feed messages between events.
+    async fn serve(&mut self, joined: Joined, first_join: bool) -> End {
+        let Joined {
+            conn,
+            ops_registration,
+            management_registration,
+            early,
+        } = joined;
+        let (reply_tx, mut replies) = mpsc::unbounded_channel();
+        let mut ticker = tokio::time::interval(self.shared.timing.heartbeat_period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shutdown_deadline: Option<Instant> = None;
-        let mut startup_pending = first_join;
-        let mut pending_msgs = early.into_iter();
-        let mut subs = SubscriptionState::default();
-        // As ocs's onJoin: subscriptions first, then (policy director) ask the Access
-        // Director to announce this agent's rules.
-        if let Err(e) = self.subscribe_new(&mut conn, &mut subs).await {
-            return End::Lost(e.describe());
+        let mut link = Link {
+            conn,
+            ops_registration,
+            management_registration,
+            heartbeat_topic: format!("{}.feeds.heartbeat", self.shared.address),
+            in_flight: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
+            subs: SubscriptionState::default(),
+            calls: BTreeMap::new(),
+            poll_request: None,
+            reply_tx,
+            shutdown_deadline: None,
+            startup_pending: first_join,
+        };
+        let end = match self
+            .drive(&mut link, early, &mut replies, &mut ticker)
+            .await
+        {
+            Ok(never) => match never {},
+            Err(end) => end,
+        };
+        self.close(link, end).await
+    }
+
+    /// The event loop of one connection; returns only how it ended.
+    async fn drive(
+        &mut self,
+        link: &mut Link,
+        early: Vec<Incoming>,
+        replies: &mut mpsc::UnboundedReceiver<(u64, Reply)>,
+        ticker: &mut tokio::time::Interval,
+    ) -> Result<Infallible, End> {
+        self.on_join(link).await?;
+        let mut early = early.into_iter();
+        loop {
+            self.send_queued(link).await?;
+            let event = match early.next() {
+                Some(msg) => Event::Wamp(Ok(msg)),
+                None => self.next_event(link, replies, ticker).await,
+            };
+            self.handle(link, event).await?;
         }
-        type PendingCall = (String, tokio::sync::oneshot::Sender<CallResult>);
-        let mut calls: BTreeMap<u64, PendingCall> = BTreeMap::new();
-        let mut poll_request = None;
+    }
+
+    /// As ocs's `onJoin`: subscriptions first, then (policy director) ask the Access Director
+    /// to announce this agent's rules.
+    async fn on_join(&self, link: &mut Link) -> Result<(), End> {
+        self.subscribe_new(link).await?;
         if let Some(director) = self.shared.access_director() {
             let mut kwargs = Map::new();
             kwargs.insert("instance_id".into(), json!(self.shared.site.instance_id));
             kwargs.insert("agent_class".into(), json!(self.shared.agent_class));
-            match conn
-                .call(&format!("{director}.agent_poll"), &[], &kwargs)
-                .await
-            {
-                Ok(id) => poll_request = Some(id),
-                Err(e) => return End::Lost(e.describe()),
+            let procedure = format!("{director}.agent_poll");
+            link.poll_request = Some(link.conn.call(&procedure, &[], &kwargs).await?);
+        }
+        Ok(())
+    }
+
+    /// Sends queued feed messages, in one write, as long as the in-flight window has room.
+    async fn send_queued(&self, link: &mut Link) -> Result<(), End> {
+        let mut sent_any = false;
+        while link.in_flight.len() < MAX_IN_FLIGHT {
+            let Some(item) = self.shared.queue.pop() else {
+                break;
+            };
+            match link.conn.publish_buffered(&item.topic, &item.arg).await {
+                Ok(id) => {
+                    link.in_flight.insert(id, (item, Instant::now()));
+                    sent_any = true;
+                }
+                Err(e) => {
+                    self.shared.queue.requeue_front(vec![item]);
+                    return Err(e.into());
+                }
             }
         }
+        if sent_any {
+            link.conn.flush().await?;
+        }
+        Ok(())
+    }
 
-        let end = loop {
-            // Feed messages go out as long as the in-flight window has room.
-            let mut send_failed = None;
-            let mut sent_any = false;
-            while in_flight.len() < MAX_IN_FLIGHT {
-                let Some(item) = self.shared.queue.pop() else {
-                    break;
+    /// Waits for whatever wakes the session task next.
+    async fn next_event(
+        &mut self,
+        link: &mut Link,
+        replies: &mut mpsc::UnboundedReceiver<(u64, Reply)>,
+        ticker: &mut tokio::time::Interval,
+    ) -> Event {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled(), if link.shutdown_deadline.is_none() => Event::Shutdown,
+            _ = sleep_until_opt(link.shutdown_deadline) => Event::ShutdownDeadline,
+            msg = link.conn.next() => Event::Wamp(msg),
+            Some((request, reply)) = replies.recv() => Event::Reply(request, reply),
+            Some(call) = self.calls.recv() => Event::Call(call),
+            _ = ticker.tick() => Event::Heartbeat,
+            _ = self.shared.queue.ready.notified(), if link.in_flight.len() < MAX_IN_FLIGHT => Event::FeedReady,
+            _ = self.shared.subscriptions_changed.notified() => Event::Subscribe,
+        }
+    }
+
+    /// One handler per event.
+    async fn handle(&mut self, link: &mut Link, event: Event) -> Result<(), End> {
+        match event {
+            Event::Wamp(msg) => self.on_message(link, msg?).await,
+            Event::Reply(request, reply) => Ok(send_reply(&mut link.conn, request, reply).await?),
+            Event::Call(call) => self.on_call(link, call).await,
+            Event::Heartbeat => self.on_heartbeat(link).await,
+            // The loop sends queued feed messages before it waits again.
+            Event::FeedReady => Ok(()),
+            Event::Subscribe => self.subscribe_new(link).await,
+            Event::Shutdown => {
+                tracing::info!("shutting down: stopping ops");
+                self.stop_all_ops();
+                link.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                Ok(())
+            }
+            Event::ShutdownDeadline => Err(End::Shutdown),
+        }
+    }
+
+    /// A message from the router.
+    async fn on_message(&self, link: &mut Link, msg: Incoming) -> Result<(), End> {
+        match msg {
+            Incoming::Invocation {
+                request,
+                registration,
+                args,
+                kwargs,
+            } => {
+                return self
+                    .on_invocation(link, request, registration, args, kwargs)
+                    .await
+            }
+            Incoming::Published { request } => {
+                if link.heartbeats.remove(&request).is_none()
+                    && link.in_flight.remove(&request).is_some()
+                {
+                    self.shared.published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Incoming::Error {
+                to: Request::Publish,
+                request,
+                error,
+                ..
+            } => {
+                link.heartbeats.remove(&request);
+                if let Some((item, _)) = link.in_flight.remove(&request) {
+                    self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(topic = %item.topic, %error, "router refused a feed message");
+                }
+            }
+            Incoming::Subscribed {
+                request,
+                subscription,
+            } => {
+                if let Some(i) = link.subs.pending.remove(&request) {
+                    link.subs.active.entry(subscription).or_default().push(i);
+                }
+            }
+            Incoming::Error {
+                to: Request::Subscribe,
+                request,
+                error,
+                args,
+            } => {
+                if let Some(i) = link.subs.pending.remove(&request) {
+                    let topic = lock(&self.shared.subscriptions)[i].topic.clone();
+                    tracing::error!(%topic, %error, ?args, "Failed to subscribe to a feed or feed pattern; possible configuration problem.");
+                }
+            }
+            Incoming::Event {
+                subscription,
+                args,
+                kwargs,
+            } => self.on_event(link, subscription, &args, &kwargs),
+            Incoming::Result {
+                request,
+                args,
+                kwargs,
+            } => {
+                if let Some((_, reply)) = link.calls.remove(&request) {
+                    let _ = reply.send(Ok((args, kwargs)));
+                }
+            }
+            Incoming::Error {
+                to: Request::Call,
+                request,
+                error,
+                args,
+            } => {
+                if let Some((procedure, reply)) = link.calls.remove(&request) {
+                    let _ = reply.send(Err(CallError::Remote {
+                        procedure,
+                        error,
+                        args,
+                    }));
+                } else if Some(request) == link.poll_request {
+                    tracing::error!(%error, "Failed to request access rules from access director at {}", self.shared.access_director().unwrap_or_default());
+                } else {
+                    tracing::debug!(request, %error, ?args, "ignored ERROR of an unknown CALL");
+                }
+            }
+            Incoming::Goodbye { reason } | Incoming::Abort { reason } => {
+                return Err(End::Lost(format!("router closed the session: {reason}")))
+            }
+            other => tracing::debug!(?other, "ignored WAMP message"),
+        }
+        Ok(())
+    }
+
+    /// An INVOCATION of one of the two procedures. The ops procedure may wait (`wait`), so
+    /// it runs in its own task and its reply comes back as [`Event::Reply`]; the management
+    /// procedure answers at once.
+    async fn on_invocation(
+        &self,
+        link: &mut Link,
+        request: u64,
+        registration: u64,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<(), End> {
+        if registration == link.ops_registration {
+            let shared = self.shared.clone();
+            let tx = link.reply_tx.clone();
+            tokio::spawn(async move {
+                let reply = match procedures::handle_ops(&shared, &args, &kwargs).await {
+                    Ok(v) => Reply::Result(v),
+                    Err(e) => Reply::RuntimeError(e),
                 };
-                match conn.publish_buffered(&item.topic, &item.arg).await {
-                    Ok(id) => {
-                        in_flight.insert(id, (item, Instant::now()));
-                        sent_any = true;
-                    }
-                    Err(e) => {
-                        self.shared.queue.requeue_front(vec![item]);
-                        send_failed = Some(e.describe());
-                        break;
-                    }
-                }
+                let _ = tx.send((request, reply));
+            });
+            return Ok(());
+        }
+        let reply = if registration == link.management_registration {
+            match procedures::handle_management(&self.shared, &args, &kwargs) {
+                Ok(v) => Reply::Result(v),
+                Err(e) => Reply::RuntimeError(e),
             }
-            if sent_any && send_failed.is_none() {
-                if let Err(e) = conn.flush().await {
-                    send_failed = Some(e.describe());
-                }
-            }
-            if let Some(reason) = send_failed {
-                break End::Lost(reason);
-            }
-            let event = if let Some(m) = pending_msgs.next() {
-                Event::Wamp(Ok(m))
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.cancelled(), if shutdown_deadline.is_none() => Event::Shutdown,
-                    _ = sleep_until_opt(shutdown_deadline) => Event::ShutdownDeadline,
-                    msg = conn.next() => Event::Wamp(msg),
-                    Some((request, reply)) = reply_rx.recv() => Event::Reply(request, reply),
-                    Some(call) = self.calls.recv() => Event::Call(call),
-                    _ = ticker.tick() => Event::Heartbeat,
-                    _ = self.shared.queue.ready.notified(), if in_flight.len() < MAX_IN_FLIGHT => Event::FeedReady,
-                    _ = self.shared.subscriptions_changed.notified() => Event::Subscribe,
-                }
-            };
-            match event {
-                Event::Shutdown => {
-                    tracing::info!("shutting down: stopping ops");
-                    self.stop_all_ops();
-                    shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
-                }
-                Event::ShutdownDeadline => break End::Shutdown,
-                Event::FeedReady => {}
-                Event::Subscribe => {
-                    if let Err(e) = self.subscribe_new(&mut conn, &mut subs).await {
-                        break End::Lost(e.describe());
-                    }
-                }
-                Event::Wamp(Err(e)) => break End::Lost(e.describe()),
-                Event::Wamp(Ok(msg)) => match msg {
-                    Incoming::Published { request } => {
-                        if heartbeats.remove(&request).is_none()
-                            && in_flight.remove(&request).is_some()
-                        {
-                            self.shared.published.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Incoming::Error {
-                        to: Request::Publish,
-                        request,
-                        error,
-                        ..
-                    } => {
-                        heartbeats.remove(&request);
-                        if let Some((item, _)) = in_flight.remove(&request) {
-                            self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(topic = %item.topic, %error, "router refused a feed message");
-                        }
-                    }
-                    Incoming::Invocation {
-                        request,
-                        registration,
-                        args,
-                        kwargs,
-                    } => {
-                        if registration == ops_reg {
-                            let shared = self.shared.clone();
-                            let tx = reply_tx.clone();
-                            tokio::spawn(async move {
-                                let reply =
-                                    match procedures::handle_ops(&shared, &args, &kwargs).await {
-                                        Ok(v) => Reply::Result(v),
-                                        Err(e) => Reply::RuntimeError(e),
-                                    };
-                                let _ = tx.send((request, reply));
-                            });
-                        } else {
-                            let reply = if registration == mgmt_reg {
-                                match procedures::handle_management(&self.shared, &args, &kwargs) {
-                                    Ok(v) => Reply::Result(v),
-                                    Err(e) => Reply::RuntimeError(e),
-                                }
-                            } else {
-                                Reply::RuntimeError(format!("no registration {registration}"))
-                            };
-                            if let Err(e) = send_reply(&mut conn, request, reply).await {
-                                break End::Lost(e.describe());
-                            }
-                        }
-                    }
-                    Incoming::Subscribed {
-                        request,
-                        subscription,
-                    } => {
-                        if let Some(i) = subs.pending.remove(&request) {
-                            subs.active.entry(subscription).or_default().push(i);
-                        }
-                    }
-                    Incoming::Error {
-                        to: Request::Subscribe,
-                        request,
-                        error,
-                        args,
-                    } => {
-                        if let Some(i) = subs.pending.remove(&request) {
-                            let topic = lock(&self.shared.subscriptions)[i].topic.clone();
-                            tracing::error!(%topic, %error, ?args, "Failed to subscribe to a feed or feed pattern; possible configuration problem.");
-                        }
-                    }
-                    Incoming::Event {
-                        subscription,
-                        args,
-                        kwargs,
-                    } => {
-                        let handlers: Vec<EventHandler> = {
-                            let all = lock(&self.shared.subscriptions);
-                            subs.active
-                                .get(&subscription)
-                                .into_iter()
-                                .flatten()
-                                .map(|i| all[*i].handler.clone())
-                                .collect()
-                        };
-                        for h in &handlers {
-                            self.shared.handle_event(h, &args, &kwargs);
-                        }
-                    }
-                    Incoming::Result {
-                        request,
-                        args,
-                        kwargs,
-                    } => {
-                        if let Some((_, reply)) = calls.remove(&request) {
-                            let _ = reply.send(Ok((args, kwargs)));
-                        }
-                    }
-                    Incoming::Error {
-                        to: Request::Call,
-                        request,
-                        error,
-                        args,
-                    } if calls.contains_key(&request) => {
-                        if let Some((procedure, reply)) = calls.remove(&request) {
-                            let _ = reply.send(Err(CallError::Remote {
-                                procedure,
-                                error,
-                                args,
-                            }));
-                        }
-                    }
-                    Incoming::Error {
-                        to: Request::Call,
-                        request,
-                        error,
-                        ..
-                    } if Some(request) == poll_request => {
-                        tracing::error!(%error, "Failed to request access rules from access director at {}", self.shared.access_director().unwrap_or_default());
-                    }
-                    Incoming::Goodbye { reason } | Incoming::Abort { reason } => {
-                        break End::Lost(format!("router closed the session: {reason}"))
-                    }
-                    other => tracing::debug!(?other, "ignored WAMP message"),
-                },
-                Event::Call(call) => {
-                    match conn.call(&call.procedure, &call.args, &call.kwargs).await {
-                        Ok(id) => {
-                            calls.insert(id, (call.procedure, call.reply));
-                        }
-                        Err(e) => {
-                            let _ = call.reply.send(Err(CallError::ConnectionLost {
-                                procedure: call.procedure,
-                            }));
-                            break End::Lost(e.describe());
-                        }
-                    }
-                }
-                Event::Reply(request, reply) => {
-                    if let Err(e) = send_reply(&mut conn, request, reply).await {
-                        break End::Lost(e.describe());
-                    }
-                }
-                Event::Heartbeat => {
-                    let oldest = heartbeats
-                        .values()
-                        .chain(in_flight.values().map(|(_, t)| t))
-                        .min()
-                        .copied();
-                    if oldest.is_some_and(|t| t.elapsed() > timing.watchdog_timeout) {
-                        break End::Lost(format!(
-                            "watchdog: the router acknowledged nothing for {:?}",
-                            timing.watchdog_timeout
-                        ));
-                    }
-                    match conn
-                        .publish(&heartbeat_topic, &self.shared.heartbeat_arg())
-                        .await
-                    {
-                        Ok(id) => {
-                            heartbeats.insert(id, Instant::now());
-                        }
-                        Err(e) => break End::Lost(e.describe()),
-                    }
-                    if startup_pending {
-                        // After registration and the first heartbeat, as in OCS.
-                        startup_pending = false;
-                        self.launch_startup_ops();
-                    }
-                    if shutdown_deadline.is_some() && self.no_op_running() {
-                        break End::Shutdown;
-                    }
-                }
-            }
+        } else {
+            Reply::RuntimeError(format!("no registration {registration}"))
         };
-        for (_, (procedure, reply)) in std::mem::take(&mut calls) {
+        Ok(send_reply(&mut link.conn, request, reply).await?)
+    }
+
+    /// An EVENT: each local subscription of its router subscription gets it.
+    fn on_event(
+        &self,
+        link: &Link,
+        subscription: u64,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+    ) {
+        let handlers: Vec<EventHandler> = {
+            let all = lock(&self.shared.subscriptions);
+            link.subs
+                .active
+                .get(&subscription)
+                .into_iter()
+                .flatten()
+                .map(|i| all[*i].handler.clone())
+                .collect()
+        };
+        for h in &handlers {
+            self.shared.handle_event(h, args, kwargs);
+        }
+    }
+
+    /// A call from [`Agent::call`](crate::Agent::call): sent now, answered by RESULT or ERROR.
+    async fn on_call(&self, link: &mut Link, call: CallRequest) -> Result<(), End> {
+        match link
+            .conn
+            .call(&call.procedure, &call.args, &call.kwargs)
+            .await
+        {
+            Ok(id) => {
+                link.calls.insert(id, (call.procedure, call.reply));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = call.reply.send(Err(CallError::ConnectionLost {
+                    procedure: call.procedure,
+                }));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The heartbeat tick: the watchdog, the heartbeat, startup ops after the first one, and
+    /// the end of a shutdown once no op runs.
+    async fn on_heartbeat(&self, link: &mut Link) -> Result<(), End> {
+        let watchdog = self.shared.timing.watchdog_timeout;
+        let oldest = link
+            .heartbeats
+            .values()
+            .chain(link.in_flight.values().map(|(_, t)| t))
+            .min()
+            .copied();
+        if oldest.is_some_and(|t| t.elapsed() > watchdog) {
+            return Err(End::Lost(format!(
+                "watchdog: the router acknowledged nothing for {watchdog:?}"
+            )));
+        }
+        let id = link
+            .conn
+            .publish(&link.heartbeat_topic, &self.shared.heartbeat_arg())
+            .await?;
+        link.heartbeats.insert(id, Instant::now());
+        if link.startup_pending {
+            // After registration and the first heartbeat, as in OCS.
+            link.startup_pending = false;
+            self.launch_startup_ops();
+        }
+        if link.shutdown_deadline.is_some() && self.no_op_running() {
+            return Err(End::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// After the connection ended: calls waiting for a result fail, feed messages in flight
+    /// are counted as unconfirmed, and at shutdown the realm is left.
+    async fn close(&self, link: Link, end: End) -> End {
+        for (_, (procedure, reply)) in link.calls {
             let _ = reply.send(Err(CallError::ConnectionLost { procedure }));
         }
         // What was sent but not acknowledged may have reached subscribers (the aggregator,
         // InfluxDB): it is not sent again. At most once; counted.
-        if !in_flight.is_empty() {
+        if !link.in_flight.is_empty() {
             self.shared
                 .unconfirmed
-                .fetch_add(in_flight.len() as u64, Ordering::Relaxed);
+                .fetch_add(link.in_flight.len() as u64, Ordering::Relaxed);
             tracing::warn!(
-                count = in_flight.len(),
+                count = link.in_flight.len(),
                 "feed messages sent but not acknowledged when the router was lost; not resent"
             );
         }
         if let End::Shutdown = end {
-            conn.leave(Duration::from_secs(1)).await;
+            link.conn.leave(Duration::from_secs(1)).await;
         }
         end
     }
 
     /// Sends SUBSCRIBE for the subscriptions not yet made on this connection.
-    async fn subscribe_new(
-        &self,
-        conn: &mut Connection,
-        subs: &mut SubscriptionState,
-    ) -> Result<(), WampError> {
+    async fn subscribe_new(&self, link: &mut Link) -> Result<(), End> {
         let new: Vec<(usize, Subscription)> = lock(&self.shared.subscriptions)
             .iter()
             .enumerate()
-            .skip(subs.sent)
+            .skip(link.subs.sent)
             .map(|(i, s)| (i, s.clone()))
             .collect();
         for (i, sub) in new {
-            let request = conn.subscribe(&sub.topic, &sub.options).await?;
-            subs.pending.insert(request, i);
-            subs.sent = i + 1;
+            let request = link.conn.subscribe(&sub.topic, &sub.options).await?;
+            link.subs.pending.insert(request, i);
+            link.subs.sent = i + 1;
         }
         Ok(())
     }
@@ -621,7 +725,7 @@ impl Driver {
     }
 }
 
-/// Everything that can wake the session task.
+/// Everything that can wake the session task (one handler each, in [`Driver::handle`]).
 enum Event {
     Wamp(Result<Incoming, WampError>),
     Reply(u64, Reply),
