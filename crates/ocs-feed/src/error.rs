@@ -35,7 +35,8 @@ pub enum AgentError {
         /// The URL from the site config.
         url: String,
     },
-    /// [`Agent::start_op`](crate::Agent::start_op) was refused (unknown op, or a session still running).
+    /// [`Agent::start_op`](crate::Agent::start_op) was refused (unknown op, or a session
+    /// still running).
     #[error("cannot start op {op:?}: {message}")]
     StartRefused {
         /// The op.
@@ -73,7 +74,8 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
-    /// [`Agent::run`](crate::Agent::run) was called while another `run` of the same agent is active.
+    /// [`Agent::run`](crate::Agent::run) was called while another `run` of the same agent is
+    /// active.
     #[error("this agent is already running (Agent::run was called twice)")]
     RunTwice,
 }
