@@ -126,6 +126,8 @@ enum Reply {
     RuntimeError(String),
 }
 
+/// The session task of one [`Agent::run`](crate::Agent::run): what it needs across
+/// connections (per-connection state is a [`Link`]).
 pub(crate) struct Driver {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
