@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::error::{DbError, FailureKind};
 use crate::row::{FileRow, StoredFile};
 use crate::schema::{self, create_statements, table_name, SCHEMA_VERSION, TABLE_PREFIX};
+use crate::suprsync;
 use crate::target::{sqlite_options, Backend, DbTarget, TargetKind};
 
 /// Rows per `INSERT` statement: 15 bound values a row stays under SQLite's
@@ -53,6 +54,8 @@ pub struct FilesDb {
 enum Pool {
     MySql(MySqlPool),
     Sqlite(SqlitePool),
+    /// SupRsync's database: every operation goes to [`crate::suprsync`].
+    Suprsync(SqlitePool),
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool: each arm type-checks
@@ -61,7 +64,7 @@ macro_rules! with_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
         match &$db.pool {
             Pool::MySql($pool) => $body,
-            Pool::Sqlite($pool) => $body,
+            Pool::Sqlite($pool) | Pool::Suprsync($pool) => $body,
         }
     };
 }
@@ -93,6 +96,8 @@ macro_rules! stored_file_from_row {
                 })?,
                 pysmurf_version: row.try_get("pysmurf_version")?,
                 socs_version: row.try_get("socs_version")?,
+                archive_name: None,
+                registered_at: None,
             },
         }
     }};
@@ -265,11 +270,43 @@ impl FilesDb {
                 };
                 Pool::Sqlite(pool)
             }
+            TargetKind::Suprsync { path, echo_sql } => {
+                if !create_sqlite && !path.exists() {
+                    let missing = std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} does not exist", path.display()),
+                    );
+                    return Err(DbError::with_kind(
+                        action(),
+                        FailureKind::CannotOpen,
+                        sqlx::Error::Io(missing),
+                    ));
+                }
+                // As socs: the database's directory is made when missing.
+                if create_sqlite {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| fail(sqlx::Error::Io(e)))?;
+                    }
+                }
+                let options = suprsync::store::connect_options(path, create_sqlite, *echo_sql);
+                let pool_options = suprsync::store::pool_options();
+                let pool = if verify {
+                    pool_options.connect_with(options).await.map_err(fail)?
+                } else {
+                    pool_options.connect_lazy_with(options)
+                };
+                Pool::Suprsync(pool)
+            }
+        };
+        let table = if target.is_suprsync() {
+            suprsync::SUPERSYNC_TABLE.to_owned()
+        } else {
+            table_name(SCHEMA_VERSION)
         };
         Ok(Self {
             pool,
             target: target.clone(),
-            table: table_name(SCHEMA_VERSION),
+            table,
         })
     }
 
@@ -290,6 +327,9 @@ impl FilesDb {
     /// Creates the current version's table (and its index) if it does not
     /// exist. Safe to call at every start-up.
     pub async fn create_table(&self) -> Result<CreateOutcome, DbError> {
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::create_tables(pool, &self.target).await;
+        }
         let action = format!("create table {}", self.table);
         let existed = self
             .table_exists(&self.table)
@@ -313,6 +353,13 @@ impl FilesDb {
     /// other versions are left alone.
     pub async fn drop_table(&self) -> Result<DropOutcome, DbError> {
         let action = format!("drop table {}", self.table);
+        if let Pool::Suprsync(_) = &self.pool {
+            return Err(DbError::refused(
+                format!("{action} in {}", self.target),
+                FailureKind::Other,
+                "SupRsync's tables belong to SupRsync: this tool does not drop them".to_owned(),
+            ));
+        }
         let fail = |e| self.error(action.as_str(), e);
         if !self.table_exists(&self.table).await.map_err(fail)? {
             return Ok(DropOutcome::Absent);
@@ -325,6 +372,9 @@ impl FilesDb {
 
     /// Every `pysmurf_files_v<N>` table present, with row counts and columns.
     pub async fn status(&self) -> Result<DbStatus, DbError> {
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::status(pool, &self.target).await;
+        }
         let fail = |e| self.error("read the status of the pysmurf_files tables", e);
         let mut tables = Vec::new();
         for name in self.versioned_tables().await.map_err(fail)? {
@@ -357,6 +407,11 @@ impl FilesDb {
         if rows.is_empty() {
             return Ok(0);
         }
+        if let Pool::Suprsync(pool) = &self.pool {
+            return Ok(suprsync::store::insert(pool, &self.target, rows, false)
+                .await?
+                .inserted);
+        }
         let action = || describe_insert(&self.table, rows);
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
@@ -380,6 +435,9 @@ impl FilesDb {
     pub async fn insert_new_files(&self, rows: &[FileRow]) -> Result<InsertSummary, DbError> {
         if rows.is_empty() {
             return Ok(InsertSummary::default());
+        }
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::insert(pool, &self.target, rows, true).await;
         }
         let action = || describe_insert(&self.table, rows);
         let mut summary = InsertSummary::default();
@@ -438,7 +496,10 @@ impl FilesDb {
     }
 
     /// Every stored row whose `path` is exactly `path`, oldest first.
+    /// (`pysmurf_files_v1` targets; for SupRsync's database see
+    /// [`FilesDb::suprsync_files`].)
     pub async fn files_by_path(&self, path: &str) -> Result<Vec<StoredFile>, DbError> {
+        self.refuse_suprsync("read rows by path")?;
         let sql = format!(
             "SELECT id, {INSERT_COLUMNS} FROM {} WHERE path = ? ORDER BY id",
             self.table
@@ -490,6 +551,7 @@ impl FilesDb {
         filter: &FileFilter,
         limit: u32,
     ) -> Result<Vec<StoredFile>, DbError> {
+        self.refuse_suprsync("list recent rows")?;
         let (action, pub_id) = (filter.action.as_deref(), filter.pub_id.as_deref());
         let path_prefix = filter.path_prefix.as_deref();
         let fail = |e| self.error(format!("read recent rows from {}", self.table), e);
@@ -566,6 +628,9 @@ impl FilesDb {
                 e,
             )
         };
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::stored_md5s(pool, &self.target, paths).await;
+        }
         let mut stored = HashSet::new();
         for chunk in statement_chunks(paths, ROWS_PER_STATEMENT) {
             let found: Vec<(String, Vec<u8>)> = with_pool!(self, |pool| {
@@ -588,6 +653,39 @@ impl FilesDb {
             }
         }
         Ok(stored)
+    }
+
+    /// The most recent rows of SupRsync's `supersync_v0` (highest `id`
+    /// first), at most `limit`, of `archive` and with `local_path` starting
+    /// with `path_prefix` (exactly, case-sensitive) when given. Only for a
+    /// [`DbTarget::suprsync`] target.
+    pub async fn suprsync_files(
+        &self,
+        archive: Option<&str>,
+        path_prefix: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<suprsync::SuprsyncStoredFile>, DbError> {
+        match &self.pool {
+            Pool::Suprsync(pool) => {
+                suprsync::store::recent(pool, &self.target, archive, path_prefix, limit).await
+            }
+            _ => Err(DbError::refused(
+                format!("list rows of supersync_v0 in {}", self.target),
+                FailureKind::Other,
+                "not SupRsync's database (give --db-path)".to_owned(),
+            )),
+        }
+    }
+
+    fn refuse_suprsync(&self, action: &str) -> Result<(), DbError> {
+        if let Pool::Suprsync(_) = &self.pool {
+            return Err(DbError::refused(
+                format!("{action} of {} in {}", self.table, self.target),
+                FailureKind::Other,
+                "a pysmurf_files query on SupRsync's database (use suprsync_files)".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Closes every connection of the pool.
@@ -616,7 +714,7 @@ impl FilesDb {
                 .fetch_all(pool)
                 .await
             }
-            Pool::Sqlite(pool) => sqlx::query_scalar(
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => sqlx::query_scalar(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
             )
             .bind(pattern)
@@ -646,7 +744,7 @@ impl FilesDb {
                 .fetch_all(pool)
                 .await?
             }
-            Pool::Sqlite(pool) => {
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => {
                 sqlx::query_as(
                     "SELECT name, type, \"notnull\" = 0 AND pk = 0 FROM pragma_table_info(?) ORDER BY cid",
                 )

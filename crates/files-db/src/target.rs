@@ -56,6 +56,12 @@ pub(crate) enum TargetKind {
     Sqlite {
         path: PathBuf,
     },
+    /// SupRsync's SQLite database (socs 0.6): see [`crate::suprsync`].
+    Suprsync {
+        path: PathBuf,
+        /// Log every SQL statement at info (`--echo-sql`).
+        echo_sql: bool,
+    },
 }
 
 /// The kind of server behind a [`DbTarget`].
@@ -181,6 +187,24 @@ impl DbTarget {
         }
     }
 
+    /// SupRsync's SQLite database at `path` (socs 0.6's `--db-path`): rows
+    /// go to its `supersync_v0` table, see [`crate::suprsync`]. With
+    /// `echo_sql`, every SQL statement is logged at info (socs's
+    /// `--echo-sql`).
+    pub fn suprsync(path: impl Into<PathBuf>, echo_sql: bool) -> Self {
+        Self {
+            kind: TargetKind::Suprsync {
+                path: path.into(),
+                echo_sql,
+            },
+        }
+    }
+
+    /// Whether this is SupRsync's database ([`DbTarget::suprsync`]).
+    pub fn is_suprsync(&self) -> bool {
+        matches!(self.kind, TargetKind::Suprsync { .. })
+    }
+
     fn mysql_from_options(options: MySqlConnectOptions, has_password: bool) -> Self {
         Self {
             kind: TargetKind::MySql {
@@ -192,11 +216,11 @@ impl DbTarget {
         }
     }
 
-    /// Which backend this target is.
+    /// Which backend this target is (SupRsync's database is SQLite).
     pub fn backend(&self) -> Backend {
         match self.kind {
             TargetKind::MySql { .. } => Backend::MySql,
-            TargetKind::Sqlite { .. } => Backend::Sqlite,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => Backend::Sqlite,
         }
     }
 
@@ -222,7 +246,9 @@ impl DbTarget {
                     has_password: true,
                 },
             },
-            sqlite @ TargetKind::Sqlite { .. } => Self { kind: sqlite },
+            sqlite @ (TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. }) => {
+                Self { kind: sqlite }
+            }
         }
     }
 
@@ -236,7 +262,9 @@ impl DbTarget {
                 options.get_host(),
                 options.get_port()
             ),
-            TargetKind::Sqlite { path } => path.display().to_string(),
+            TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
+                path.display().to_string()
+            }
         }
     }
 
@@ -244,7 +272,7 @@ impl DbTarget {
     pub fn database(&self) -> Option<&str> {
         match &self.kind {
             TargetKind::MySql { options, .. } => options.get_database(),
-            TargetKind::Sqlite { .. } => None,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => None,
         }
     }
 }
@@ -259,6 +287,7 @@ impl fmt::Display for DbTarget {
                 options.get_database().unwrap_or_default()
             ),
             TargetKind::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            TargetKind::Suprsync { path, .. } => write!(f, "suprsync:{}", path.display()),
         }
     }
 }
