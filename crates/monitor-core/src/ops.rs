@@ -13,11 +13,20 @@ use crate::stats::MonitorStats;
 /// How often the `run` session's data is refreshed.
 const RUN_REFRESH: Duration = Duration::from_secs(1);
 
+/// How often `run(test_mode=True)` checks whether everything is processed.
+const TEST_MODE_POLL: Duration = Duration::from_millis(50);
+
+/// Registrations not yet settled (spooled, being hashed, or waiting for
+/// the database).
+pub(crate) type Pending = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 pub(crate) fn register(
     db: FilesDb,
     stats: Arc<MonitorStats>,
     agent: &Agent,
     create_table_default: bool,
+    test_mode: bool,
+    pending: Pending,
 ) -> Result<(), AgentError> {
     agent.register_task(
         "init",
@@ -60,33 +69,53 @@ pub(crate) fn register(
             }
         },
     )?;
-    agent.register_process(
-        "run",
-        OpOptions::new()
-            .doc(
-                "run()\n\n**Process** - Reports the monitor's counters in session.data every \
-                 second and sets degraded while the database fails or the spool grows. The \
-                 monitor records files whether or not this process runs.",
-            )
-            .startup(json!({})),
-        move |session, _params| {
-            let stats = stats.clone();
-            async move {
-                loop {
+    let run_options = OpOptions::new().doc(
+        "run(test_mode=False)\n\n**Process** - Reports the monitor's counters in session.data \
+         every second and sets degraded while the database fails or the spool grows. The \
+         monitor records files whether or not this process runs.\n\nParameters:\n    \
+         test_mode (bool, optional): stop once every registration received so far is \
+         processed (committed or dead-lettered). Meant for testing. Default is False.",
+    );
+    // socs's --test-mode: `run` is not started at startup.
+    let run_options = if test_mode {
+        run_options
+    } else {
+        run_options.startup(json!({}))
+    };
+    agent.register_process("run", run_options, move |session, params| {
+        let stats = stats.clone();
+        let pending = pending.clone();
+        async move {
+            let test_mode = bool_param(&params, "test_mode", false)?;
+            let mut next_report = tokio::time::Instant::now();
+            loop {
+                if tokio::time::Instant::now() >= next_report || test_mode {
                     let data = stats.session_data();
                     let spool_depth = data.get("spool_depth").and_then(Value::as_u64).unwrap_or(0);
                     session
                         .set_degraded(!stats.database_up() || spool_depth > DEGRADED_SPOOL_DEPTH);
                     session.set_data(Value::Object(data));
-                    tokio::select! {
-                        _ = session.stopped() => break,
-                        _ = tokio::time::sleep(RUN_REFRESH) => {}
-                    }
+                    next_report = tokio::time::Instant::now() + RUN_REFRESH;
                 }
-                Ok("Monitor reports stopped; files are still recorded.".to_owned())
+                if test_mode && pending() == 0 && stats.database_up() {
+                    return Ok(
+                        "Monitor exited cleanly: every registration received is processed."
+                            .to_owned(),
+                    );
+                }
+                let wait = if test_mode {
+                    TEST_MODE_POLL
+                } else {
+                    RUN_REFRESH
+                };
+                tokio::select! {
+                    _ = session.stopped() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
-        },
-    )
+            Ok("Monitor reports stopped; files are still recorded.".to_owned())
+        }
+    })
 }
 
 /// A boolean op param as OCS clients send it (`true`/`false`, or 0/1).

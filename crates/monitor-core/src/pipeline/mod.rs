@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use files_db::suprsync::{SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE};
 use files_db::{FailureKind, FileRow, FilesDb};
 use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
 use serde_json::{json, Value};
@@ -275,11 +276,33 @@ impl Monitor {
         agent: &Agent,
         create_table_default: bool,
     ) -> Result<(), ocs_feed::AgentError> {
+        self.register_ops_test_mode(agent, create_table_default, false)
+    }
+
+    /// [`Monitor::register_ops`] with socs 0.6's `--test-mode`: when
+    /// `test_mode` is true, `run` is not started at startup. Either way
+    /// `run` takes socs's `test_mode` param: with it true, `run` returns
+    /// once every registration received so far is committed or
+    /// dead-lettered (and the database is up).
+    pub fn register_ops_test_mode(
+        &self,
+        agent: &Agent,
+        create_table_default: bool,
+        test_mode: bool,
+    ) -> Result<(), ocs_feed::AgentError> {
+        let shared = self.shared.clone();
+        let pending = Arc::new(move || {
+            shared.spool.depth()
+                + shared.stats.pending_md5.load(Ordering::Relaxed)
+                + shared.stats.pending_insert.load(Ordering::Relaxed)
+        });
         crate::ops::register(
             self.shared.db.clone(),
             self.shared.stats.clone(),
             agent,
             create_table_default,
+            test_mode,
+            pending,
         )
     }
 
