@@ -703,3 +703,108 @@ async fn kill_9_during_a_burst_loses_and_doubles_nothing() {
     assert_eq!(counters["spool_depth"], 0, "{counters}");
     pool.close().await;
 }
+
+/// A socs 0.6.4 site entry with every argument socs's PysmurfMonitor takes
+/// (`--echo-sql`, `--test-mode` included) starts our binary unchanged:
+/// `run` does not start at startup, `run(test_mode=True)` from the real
+/// OCSClient returns once what was received is processed, every SQL
+/// statement is logged, metadata reaches `<stream-id>_meta` with the stream
+/// id's case kept, and a stream id that cannot name a feed and a file of an
+/// unknown archive are refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socs_site_entry_with_test_mode_and_echo_sql() {
+    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let venv = ocs_testing::venv().expect("venv present when the router is");
+    let work = clean_tempdir();
+    let db = work.path().join("suprsync.db");
+    let port = free_udp_port();
+    let instance = format!("rs-monitor-test-mode-{}", std::process::id());
+    let site = Site::write(
+        work.path(),
+        router,
+        &[(
+            "PysmurfMonitor",
+            &instance,
+            format!(
+                "[['--udp-port', {port}], ['--create-table', True], ['--db-path', '{}'], \
+                 ['--echo-sql'], ['--test-mode']]",
+                db.display()
+            ),
+        )],
+    );
+    let mut monitor = AgentProcess::ours(&site, &instance);
+    wait_for_tables(&db, &mut monitor, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !monitor.log_contains("joined and registered") {
+        assert!(Instant::now() < deadline, "the monitor did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let file = work.path().join("1700000000/crate1slot2/outputs/a.dat");
+    write(&file, b"a");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let send = |datagram: Vec<u8>| socket.send_to(&datagram, ("127.0.0.1", port)).unwrap();
+    send(smurf_datagram(&file, 0));
+    send(file_datagram(
+        "data_file",
+        json!({"path": file.to_str().unwrap(), "type": "dat", "format": "dat",
+               "timestamp": 1.7e9, "action": "x", "action_ts": 1, "plot": false,
+               "archive_name": "books"}),
+    ));
+    for pub_id in ["STREAMER:Crate1Slot2", "STREAMER:ufm.mv5"] {
+        send(
+            serde_json::to_vec(&json!({
+                "host": "srv", "id": pub_id, "script": null, "time": 1.7e9, "seq_no": 0,
+                "type": "metadata",
+                "payload": {"path": "AMCc.FpgaTopLevel.Enable", "type": "int", "value": 1},
+            }))
+            .unwrap(),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !monitor.log_contains("Crate1Slot2_meta") && !monitor.log_contains("INSERT INTO") {
+        assert!(Instant::now() < deadline, "nothing processed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_mode_client.py"))
+        .arg(&site.file)
+        .arg(&instance)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(client["before"]["session"]["status"], "running", "{client}");
+    let run = &client["run"]["session"];
+    assert_eq!(run["success"], true, "{client}");
+    assert_eq!(run["status"], "done", "{client}");
+    assert_eq!(run["data"]["files_registered"], 1, "{client}");
+    assert_eq!(run["data"]["rejected_archive_refused"], 1, "{client}");
+    assert_eq!(run["data"]["rejected_stream_id_refused"], 1, "{client}");
+    assert_eq!(run["data"]["metadata_messages"], 2, "{client}");
+    let feeds = client["feeds"].as_array().unwrap();
+    assert!(feeds.contains(&json!("Crate1Slot2_meta")), "{client}");
+    assert!(
+        !feeds.iter().any(|f| f.as_str().unwrap().contains("mv5")),
+        "{client}"
+    );
+    assert!(
+        monitor.log_contains("INSERT INTO supersync_v0"),
+        "--echo-sql logs the statements"
+    );
+    let pool = open_db(&db).await;
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM supersync_v0").await, 1);
+    pool.close().await;
+    assert!(monitor.alive());
+}
