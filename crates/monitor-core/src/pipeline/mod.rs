@@ -209,11 +209,17 @@ impl Monitor {
         spool_dir: PathBuf,
         options: PipelineOptions,
     ) -> Result<Self, MonitorError> {
-        for (column, value) in [
-            ("site", &recorder.site),
-            ("instance_id", &recorder.instance_id),
-            ("socs_version", &recorder.program),
-        ] {
+        // SupRsync's table has no such columns: only pysmurf_files_v1 limits them.
+        let checked = if db.target().is_suprsync() {
+            Vec::new()
+        } else {
+            vec![
+                ("site", &recorder.site),
+                ("instance_id", &recorder.instance_id),
+                ("socs_version", &recorder.program),
+            ]
+        };
+        for (column, value) in checked {
             let max = files_db::max_chars(column).unwrap_or(usize::MAX);
             if value.chars().count() > max {
                 return Err(MonitorError::RecorderTooLong {
