@@ -471,3 +471,38 @@ async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `site` and `instance_id` are `pysmurf_files_v1` columns of 32
+    /// characters: a longer instance id refuses to start there, not on
+    /// SupRsync's database, which has no such columns.
+    #[tokio::test]
+    async fn recorder_limits_apply_to_pysmurf_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::this_program("observatory", "x".repeat(40));
+        let start = |db: FilesDb, spool: &str| {
+            Monitor::new(
+                db,
+                None,
+                recorder.clone(),
+                dir.path().join(spool),
+                PipelineOptions::default(),
+            )
+        };
+        let v1 = files_db::DbTarget::sqlite(dir.path().join("files.db"));
+        let v1 = FilesDb::connect(&v1).await.unwrap();
+        assert!(matches!(
+            start(v1, "spool1").await,
+            Err(MonitorError::RecorderTooLong {
+                column: "instance_id",
+                ..
+            })
+        ));
+        let suprsync = files_db::DbTarget::suprsync(dir.path().join("suprsync.db"), false);
+        let suprsync = FilesDb::connect(&suprsync).await.unwrap();
+        assert!(start(suprsync, "spool2").await.is_ok());
+    }
+}
