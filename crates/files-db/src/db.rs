@@ -1,16 +1,15 @@
 //! [`FilesDb`]: a connection pool to one target and every query on the table.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Row};
 
-use sqlx::{ConnectOptions, Connection};
-
 use crate::error::{DbError, FailureKind};
+use crate::nodes::MySqlNodes;
 use crate::row::{FileRow, StoredFile};
 use crate::schema::{self, create_statements, table_name, SCHEMA_VERSION, TABLE_PREFIX};
 use crate::suprsync;
@@ -52,7 +51,7 @@ pub struct FilesDb {
 
 #[derive(Clone)]
 enum Pool {
-    MySql(MySqlPool),
+    MySql(Arc<MySqlNodes>),
     Sqlite(SqlitePool),
     /// SupRsync's database: every operation goes to [`crate::suprsync`].
     Suprsync(SqlitePool),
@@ -63,7 +62,10 @@ enum Pool {
 macro_rules! with_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
         match &$db.pool {
-            Pool::MySql($pool) => $body,
+            Pool::MySql(nodes) => {
+                let $pool = &nodes.pool();
+                $body
+            }
             Pool::Sqlite($pool) | Pool::Suprsync($pool) => $body,
         }
     };
@@ -223,27 +225,16 @@ impl FilesDb {
         let action = || format!("connect to {target}");
         let fail = |err| DbError::new(action(), err);
         let pool = match &target.kind {
-            TargetKind::MySql { options, .. } => {
-                // One direct connection first: a pool's first acquire retries until its
-                // timeout and then reports only "timed out", hiding e.g. "connection refused".
-                if verify {
-                    options.connect().await.map_err(fail)?.close().await.ok();
-                }
-                let pool = MySqlPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query(
-                                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
-                            )
-                            .execute(conn)
-                            .await
-                            .map(|_| ())
-                        })
-                    })
-                    .connect_lazy_with(options.as_ref().clone());
-                Pool::MySql(pool)
+            TargetKind::MySql { .. } => {
+                // One direct connection first (to the first node of a list that
+                // answers): a pool's first acquire retries until its timeout and then
+                // reports only "timed out", hiding e.g. "connection refused".
+                let first = if verify {
+                    MySqlNodes::first_answering(target).await.map_err(fail)?
+                } else {
+                    0
+                };
+                Pool::MySql(Arc::new(MySqlNodes::new(target, first)))
             }
             TargetKind::Sqlite { path } => {
                 if !create_sqlite && !path.exists() {
@@ -690,7 +681,52 @@ impl FilesDb {
 
     /// Closes every connection of the pool.
     pub async fn close(&self) {
-        with_pool!(self, |pool| pool.close().await)
+        match &self.pool {
+            Pool::MySql(nodes) => nodes.close().await,
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => pool.close().await,
+        }
+    }
+
+    /// Checks, cheaply, whether the database takes writes now: a fresh
+    /// connection and two short queries (MariaDB), `SELECT 1` (SQLite). For
+    /// a caller whose writes failed to wait on before retrying them, without
+    /// loading the server with the writes themselves while it is down.
+    ///
+    /// With several nodes (a Galera cluster), probes the node in use, then
+    /// the others in the order given, and moves to the first that answers:
+    /// connects, is not read-only and, for a Galera node, is ready
+    /// (`wsrep_ready`, i.e. in the primary component). Later operations use
+    /// that node; while it is not the first node, the first is looked at
+    /// every 30 s and used again as soon as it answers. Each node's probe
+    /// gives up after 2 s.
+    pub async fn probe(&self) -> Result<(), DbError> {
+        match &self.pool {
+            Pool::MySql(nodes) => nodes.probe().await,
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(|e| self.error("probe", e)),
+        }
+    }
+
+    /// While a MariaDB target of several nodes is on another node than the
+    /// first, how often to look whether the first answers again, and move
+    /// back to it if so (default 30 s; the look is in the background, never
+    /// in an operation's way). No effect on other targets.
+    pub fn set_node_return_interval(&self, interval: std::time::Duration) {
+        if let Pool::MySql(nodes) = &self.pool {
+            nodes.set_return_interval(interval);
+        }
+    }
+
+    /// `HOST:PORT` of the MariaDB node in use (of several, the one operations
+    /// go to now); the file path for SQLite.
+    pub fn active_node(&self) -> String {
+        match &self.pool {
+            Pool::MySql(nodes) => self.target.node_name(nodes.active_index()),
+            Pool::Sqlite(_) | Pool::Suprsync(_) => self.target.endpoint(),
+        }
     }
 
     async fn table_exists(&self, name: &str) -> Result<bool, sqlx::Error> {
@@ -705,13 +741,13 @@ impl FilesDb {
     async fn versioned_tables(&self) -> Result<Vec<String>, sqlx::Error> {
         let pattern = format!("{}%", TABLE_PREFIX.replace('_', "\\_"));
         match &self.pool {
-            Pool::MySql(pool) => {
+            Pool::MySql(nodes) => {
                 sqlx::query_scalar(
                     "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
                      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE ?",
                 )
                 .bind(pattern)
-                .fetch_all(pool)
+                .fetch_all(&nodes.pool())
                 .await
             }
             Pool::Sqlite(pool) | Pool::Suprsync(pool) => sqlx::query_scalar(
@@ -734,14 +770,14 @@ impl FilesDb {
 
     async fn columns(&self, name: &str) -> Result<Vec<ColumnInfo>, sqlx::Error> {
         let rows: Vec<(String, String, bool)> = match &self.pool {
-            Pool::MySql(pool) => {
+            Pool::MySql(nodes) => {
                 sqlx::query_as(
                     "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
                      IS_NULLABLE = 'YES' FROM information_schema.COLUMNS \
                      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 )
                 .bind(name)
-                .fetch_all(pool)
+                .fetch_all(&nodes.pool())
                 .await?
             }
             Pool::Sqlite(pool) | Pool::Suprsync(pool) => {

@@ -33,7 +33,9 @@ pub enum ConfigError {
 #[non_exhaustive]
 pub enum FailureKind {
     /// The server could not be reached or the connection broke (network, server
-    /// down, pool timeout, lock timeout, SQLite busy). Retrying later may succeed.
+    /// down, pool timeout, lock timeout, deadlock or Galera certification
+    /// failure, a Galera node not ready, a read-only server, SQLite busy).
+    /// Retrying later, or on another node, may succeed.
     Unreachable,
     /// The server refused the credentials or the user lacks a privilege.
     AccessDenied,
@@ -77,8 +79,18 @@ impl FailureKind {
                 1044 | 1045 | 1142 | 1227 => FailureKind::AccessDenied,
                 1049 => FailureKind::UnknownDatabase,
                 1146 => FailureKind::TableMissing,
-                // Too many connections, lock wait timeout, deadlock, server shutting down.
-                1040 | 1205 | 1213 | 1053 => FailureKind::Unreachable,
+                // Too many connections, lock wait timeout, server shutting down, a
+                // query or connection killed (e.g. by a shutdown), an error during
+                // COMMIT.
+                1040 | 1205 | 1053 | 1317 | 1927 | 1180 => FailureKind::Unreachable,
+                // Deadlock: also how a Galera node reports a transaction that lost
+                // certification against a concurrent one on another node.
+                1213 => FailureKind::Unreachable,
+                // A Galera node outside the primary component or still joining
+                // ("WSREP has not yet prepared node for application use"), and a
+                // read-only server (--read-only, read-only mode, a read-only
+                // transaction): another node, or this one later, takes the rows.
+                1047 | 1290 | 1792 | 1836 => FailureKind::Unreachable,
                 // SQLSTATE class 22 (data exception) and 23 (integrity constraint).
                 _ if mysql
                     .code()

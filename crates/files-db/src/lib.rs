@@ -42,6 +42,7 @@
 
 mod db;
 mod error;
+mod nodes;
 mod row;
 mod schema;
 pub mod suprsync;

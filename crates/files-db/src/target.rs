@@ -50,8 +50,11 @@ pub struct DbTarget {
 pub(crate) enum TargetKind {
     MySql {
         // Boxed: the options are large and the SQLite variant is one path.
+        // Host and port are those of the first node.
         options: Box<MySqlConnectOptions>,
         has_password: bool,
+        // Every node, in the order given (at least one; the first is `options`').
+        nodes: Vec<Node>,
     },
     Sqlite {
         path: PathBuf,
@@ -62,6 +65,71 @@ pub(crate) enum TargetKind {
         /// Log every SQL statement at info (`--echo-sql`).
         echo_sql: bool,
     },
+}
+
+/// One server of a MariaDB target: host and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Node {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Default MariaDB port, for list entries without one.
+const DEFAULT_PORT: u16 = 3306;
+
+/// Splits `h1[:p1],h2[:p2],...` into nodes; entries without a port get
+/// `default_port`. IPv6 addresses go in brackets (`[::1]:3306`).
+fn parse_node_list(list: &str, default_port: u16) -> Result<Vec<Node>, String> {
+    let mut nodes = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err("an empty entry in the list of hosts".into());
+        }
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{entry:?}: unclosed '['"))?;
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("{entry:?}: expected :PORT after ']'")),
+                },
+            }
+        } else if entry.matches(':').count() > 1 {
+            // A bare IPv6 address: no port.
+            (entry, None)
+        } else {
+            match entry.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (entry, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{entry:?}: no host"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(port) => port
+                .parse()
+                .map_err(|_| format!("{entry:?}: {port:?} is not a port number"))?,
+        };
+        nodes.push(Node {
+            host: host.to_owned(),
+            port,
+        });
+    }
+    Ok(nodes)
 }
 
 /// The kind of server behind a [`DbTarget`].
@@ -112,6 +180,24 @@ impl DbTarget {
                 reason: "expected a URL starting with mysql://, mariadb:// or sqlite:".into(),
             });
         };
+        // Several nodes (`host1:port1,host2:port2`): sqlx parses the URL with
+        // the first; the list is kept beside it.
+        let mut nodes = None;
+        let mysql_url = match host_list(&mysql_url) {
+            Some((start, end)) if mysql_url[start..end].contains(',') => {
+                let list =
+                    parse_node_list(&mysql_url[start..end], DEFAULT_PORT).map_err(|reason| {
+                        ConfigError::BadUrl {
+                            url: redacted.clone(),
+                            reason,
+                        }
+                    })?;
+                let first = list[0].to_string();
+                nodes = Some(list);
+                format!("{}{first}{}", &mysql_url[..start], &mysql_url[end..])
+            }
+            _ => mysql_url,
+        };
         let options = MySqlConnectOptions::from_str(&mysql_url).map_err(|err| {
             ConfigError::BadUrl {
                 url: redacted,
@@ -119,19 +205,28 @@ impl DbTarget {
                 reason: describe_url_error(&err),
             }
         })?;
+        let options = match &nodes {
+            // The url crate keeps IPv6 brackets in the host; sqlx wants them off.
+            Some(list) => options.host(&list[0].host).port(list[0].port),
+            None => options,
+        };
         let options = if options.get_database().is_none() {
             options.database(DEFAULT_DATABASE)
         } else {
             options
         };
         let has_password = url_has_password(&mysql_url);
-        Ok(Self::mysql_from_options(options, has_password))
+        Ok(Self::mysql_from_options(options, has_password, nodes))
     }
 
     /// Reads the `MYSQL_*` environment of the seed's docker-compose entry:
     /// `MYSQL_HOST` (default `localhost`), `MYSQL_PORT` (default 3306),
     /// `MYSQL_DATABASE` (default `files`), `MYSQL_USER` (default `root`) and
     /// `MYSQL_PASSWORD`. Returns `Ok(None)` when none of them is set.
+    ///
+    /// `MYSQL_HOST` may list several nodes of one cluster (e.g. Galera),
+    /// comma-separated, each `HOST` or `HOST:PORT` (`MYSQL_PORT` for those
+    /// without a port): `db1,db2:3307,[fd00::3]`.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -145,20 +240,26 @@ impl DbTarget {
         if MYSQL_ENV_VARS.iter().all(|name| value(name).is_none()) {
             return Ok(None);
         }
+        let port = match value("MYSQL_PORT") {
+            Some(port) => port.parse().map_err(|_| ConfigError::BadEnv {
+                name: "MYSQL_PORT",
+                reason: format!("{port:?} is not a port number"),
+            })?,
+            None => DEFAULT_PORT,
+        };
+        let hosts = value("MYSQL_HOST").unwrap_or_else(|| "localhost".to_owned());
+        let nodes = parse_node_list(&hosts, port).map_err(|reason| ConfigError::BadEnv {
+            name: "MYSQL_HOST",
+            reason,
+        })?;
         let mut options = MySqlConnectOptions::new()
-            .host(value("MYSQL_HOST").as_deref().unwrap_or("localhost"))
+            .host(&nodes[0].host)
+            .port(nodes[0].port)
             .database(
                 value("MYSQL_DATABASE")
                     .as_deref()
                     .unwrap_or(DEFAULT_DATABASE),
             );
-        if let Some(port) = value("MYSQL_PORT") {
-            let port = port.parse().map_err(|_| ConfigError::BadEnv {
-                name: "MYSQL_PORT",
-                reason: format!("{port:?} is not a port number"),
-            })?;
-            options = options.port(port);
-        }
         if let Some(user) = value("MYSQL_USER") {
             options = options.username(&user);
         }
@@ -166,7 +267,11 @@ impl DbTarget {
         if let Some(password) = &password {
             options = options.password(password);
         }
-        Ok(Some(Self::mysql_from_options(options, password.is_some())))
+        Ok(Some(Self::mysql_from_options(
+            options,
+            password.is_some(),
+            Some(nodes),
+        )))
     }
 
     /// The rule both binaries follow: an explicit URL wins; otherwise the
@@ -205,14 +310,58 @@ impl DbTarget {
         matches!(self.kind, TargetKind::Suprsync { .. })
     }
 
-    fn mysql_from_options(options: MySqlConnectOptions, has_password: bool) -> Self {
+    fn mysql_from_options(
+        options: MySqlConnectOptions,
+        has_password: bool,
+        nodes: Option<Vec<Node>>,
+    ) -> Self {
+        let nodes = nodes.unwrap_or_else(|| {
+            vec![Node {
+                host: options.get_host().to_owned(),
+                port: options.get_port(),
+            }]
+        });
         Self {
             kind: TargetKind::MySql {
                 // Rows store UTC whatever the server's zone (sqlx's default, stated here
                 // because correctness depends on it).
                 options: Box::new(options.timezone(Some("+00:00".to_owned()))),
                 has_password,
+                nodes,
             },
+        }
+    }
+
+    /// How many servers the target names: the nodes of a MariaDB cluster
+    /// listed in `MYSQL_HOST` or the URL, 1 for a single server or SQLite.
+    pub fn node_count(&self) -> usize {
+        match &self.kind {
+            TargetKind::MySql { nodes, .. } => nodes.len(),
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => 1,
+        }
+    }
+
+    /// The connection options of node `index` (MariaDB only): the target's
+    /// options with that node's host and port.
+    pub(crate) fn node_options(&self, index: usize) -> Option<MySqlConnectOptions> {
+        match &self.kind {
+            TargetKind::MySql { options, nodes, .. } => nodes
+                .get(index)
+                .map(|node| options.as_ref().clone().host(&node.host).port(node.port)),
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => None,
+        }
+    }
+
+    /// `HOST:PORT` of node `index` (MariaDB), for logs.
+    pub(crate) fn node_name(&self, index: usize) -> String {
+        match &self.kind {
+            TargetKind::MySql { nodes, .. } => nodes
+                .get(index)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
+                path.display().to_string()
+            }
         }
     }
 
@@ -240,10 +389,11 @@ impl DbTarget {
     /// prompt). SQLite targets are returned unchanged.
     pub fn with_password(self, password: &str) -> Self {
         match self.kind {
-            TargetKind::MySql { options, .. } => Self {
+            TargetKind::MySql { options, nodes, .. } => Self {
                 kind: TargetKind::MySql {
                     options: Box::new(options.password(password)),
                     has_password: true,
+                    nodes,
                 },
             },
             sqlite @ (TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. }) => {
@@ -252,15 +402,19 @@ impl DbTarget {
         }
     }
 
-    /// `USER@HOST:PORT` for MariaDB, the file path for SQLite: what an error
-    /// message needs to name.
+    /// `USER@HOST:PORT` for MariaDB (`USER@HOST1:PORT1,HOST2:PORT2` for
+    /// several nodes), the file path for SQLite: what an error message needs
+    /// to name.
     pub fn endpoint(&self) -> String {
         match &self.kind {
-            TargetKind::MySql { options, .. } => format!(
-                "{}@{}:{}",
+            TargetKind::MySql { options, nodes, .. } => format!(
+                "{}@{}",
                 options.get_username(),
-                options.get_host(),
-                options.get_port()
+                nodes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
                 path.display().to_string()
@@ -297,6 +451,16 @@ impl fmt::Debug for DbTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DbTarget({self})")
     }
+}
+
+/// Byte range of the host part (`HOST[:PORT]`, possibly a comma-separated
+/// list) of `scheme://[userinfo@]HOSTS/...`.
+fn host_list(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let authority_len = url[start..].find(['/', '?']).unwrap_or(url.len() - start);
+    let authority = &url[start..start + authority_len];
+    let host_start = authority.rfind('@').map_or(0, |at| at + 1);
+    Some((start + host_start, start + authority_len))
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -431,6 +595,61 @@ mod tests {
 
         let err = DbTarget::from_env_with(env(&[("MYSQL_PORT", "http")])).unwrap_err();
         assert!(err.to_string().contains("MYSQL_PORT"), "{err}");
+    }
+
+    #[test]
+    fn several_nodes_in_a_url() {
+        let t = DbTarget::from_url("mysql://u:hunter2@db1,db2:3307,[::1]:3308/files").unwrap();
+        assert_eq!(t.node_count(), 3);
+        assert_eq!(
+            t.to_string(),
+            "mysql://u@db1:3306,db2:3307,[::1]:3308/files"
+        );
+        assert!(t.has_password());
+        let second = t.node_options(1).unwrap();
+        assert_eq!((second.get_host(), second.get_port()), ("db2", 3307));
+        assert_eq!(second.get_username(), "u");
+        assert_eq!(second.get_database(), Some("files"));
+        let third = t.node_options(2).unwrap();
+        assert_eq!((third.get_host(), third.get_port()), ("::1", 3308));
+        assert!(!format!("{t} {t:?}").contains("hunter2"));
+
+        let v6 = DbTarget::from_url("mysql://u@[::1]:3310/f").unwrap();
+        assert_eq!(v6.to_string(), "mysql://u@[::1]:3310/f");
+
+        let one = DbTarget::from_url("mysql://u@db1:3310/f").unwrap();
+        assert_eq!(one.node_count(), 1);
+        assert_eq!(one.node_name(0), "db1:3310");
+
+        for bad in [
+            "mysql://u:hunter2@db1,,db2/f",
+            "mysql://u:hunter2@db1,db2:x/f",
+        ] {
+            let err = DbTarget::from_url(bad).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn several_nodes_in_mysql_host() {
+        let t = DbTarget::from_env_with(env(&[
+            ("MYSQL_HOST", "db1, db2:3307,[fd00::3]"),
+            ("MYSQL_PORT", "3310"),
+            ("MYSQL_PASSWORD", "hunter2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.to_string(),
+            "mysql://root@db1:3310,db2:3307,[fd00::3]:3310/files"
+        );
+        assert_eq!(t.node_count(), 3);
+        let t = DbTarget::from_env_with(env(&[("MYSQL_HOST", "::1")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.to_string(), "mysql://root@[::1]:3306/files");
+        let err = DbTarget::from_env_with(env(&[("MYSQL_HOST", "db1,")])).unwrap_err();
+        assert!(err.to_string().contains("MYSQL_HOST"), "{err}");
     }
 
     #[test]

@@ -451,6 +451,443 @@ impl Drop for PrivateMariaDb {
     }
 }
 
+/// Where Debian's `galera-4` puts the Galera provider.
+const GALERA_PROVIDERS: &[&str] = &[
+    "/usr/lib/galera/libgalera_smm.so",
+    "/usr/lib/libgalera_smm.so",
+    "/usr/lib64/galera-4/libgalera_smm.so",
+];
+
+/// How long a Galera node may take to start, join (with a state transfer)
+/// and be synced.
+const GALERA_NODE_LIMIT: Duration = Duration::from_secs(90);
+
+/// A Galera cluster of the test's own: `nodes` MariaDB servers on loopback,
+/// each with its own data directory and free ports (client, group
+/// communication, incremental and full state transfer), replicating
+/// synchronously. A node can be killed (`SIGKILL`, as a crash) and
+/// restarted; it then rejoins with a state transfer from the others.
+/// `root` has an empty password, over TCP on 127.0.0.1.
+///
+/// Needs Debian's `galera-4` (the provider) and `mariadb-server` with
+/// `rsync` (the state transfer), which `scripts/ensure-mariadb` installs.
+/// Without them, [`GaleraCluster::start`] skips (or fails when
+/// [`REQUIRE_SERVICES_ENV`] is `1`).
+pub struct GaleraCluster {
+    dir: tempfile::TempDir,
+    mariadbd: std::path::PathBuf,
+    provider: std::path::PathBuf,
+    nodes: Vec<GaleraNode>,
+}
+
+struct GaleraNode {
+    port: u16,
+    gcomm_port: u16,
+    ist_port: u16,
+    sst_port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl GaleraCluster {
+    /// Bootstraps the first node, then starts the others; returns once every
+    /// node is synced. `None` (after [`skip_or_fail`]) when the programs are
+    /// missing or the cluster does not form.
+    pub fn start(test: &str, nodes: usize) -> Option<Self> {
+        let programs = (
+            find_program(&["mariadbd", "mysqld"]),
+            find_program(&["mariadb-install-db", "mysql_install_db"]),
+            GALERA_PROVIDERS
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file()),
+            find_program(&["rsync"]),
+        );
+        let (Some(mariadbd), Some(install_db), Some(provider), Some(_)) = programs else {
+            skip_or_fail(
+                test,
+                "no mariadbd / mariadb-install-db / Galera provider / rsync for a private \
+                 Galera cluster (install mariadb-server, galera-4 and rsync, e.g. with \
+                 scripts/ensure-mariadb)",
+            );
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pysmurf-galera-")
+            .tempdir()
+            .expect("a temporary directory");
+        // One system database, copied to every node: joiners replace theirs by
+        // a state transfer anyway.
+        let first_data = dir.path().join("node0/data");
+        std::fs::create_dir_all(dir.path().join("node0")).unwrap();
+        let log = std::fs::File::create(dir.path().join("install.log")).unwrap();
+        let installed = std::process::Command::new(&install_db)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", first_data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(PRIVATE_SERVER_OPTIONS)
+            .args(galera_user_option())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status();
+        if !installed.as_ref().is_ok_and(|s| s.success()) {
+            skip_or_fail(
+                test,
+                &format!(
+                    "{} failed ({installed:?}):\n{}",
+                    install_db.display(),
+                    std::fs::read_to_string(dir.path().join("install.log")).unwrap_or_default()
+                ),
+            );
+            return None;
+        }
+        for i in 1..nodes {
+            std::fs::create_dir_all(dir.path().join(format!("node{i}"))).unwrap();
+            let copied = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&first_data)
+                .arg(dir.path().join(format!("node{i}/data")))
+                .status();
+            assert!(copied.is_ok_and(|s| s.success()), "copy the data directory");
+        }
+        if let Some(user) = galera_user_option() {
+            // The servers (and the rsync daemon of a state transfer) run as
+            // that user: it must own everything.
+            let user = user.trim_start_matches("--user=");
+            let owned = std::process::Command::new("chown")
+                .args(["-R", &format!("{user}:")])
+                .arg(dir.path())
+                .status();
+            assert!(
+                owned.is_ok_and(|s| s.success()),
+                "chown the cluster's directory"
+            );
+        }
+        // Free ports, all held until every one is chosen so none repeats.
+        let listeners: Vec<std::net::TcpListener> = (0..4 * nodes)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(listeners);
+        let mut cluster = GaleraCluster {
+            dir,
+            mariadbd,
+            provider,
+            nodes: ports
+                .chunks(4)
+                .map(|p| GaleraNode {
+                    port: p[0],
+                    gcomm_port: p[1],
+                    ist_port: p[2],
+                    sst_port: p[3],
+                    child: None,
+                })
+                .collect(),
+        };
+        let mut started = cluster.spawn(0, true);
+        for i in 1..nodes {
+            if started.is_ok() {
+                started = cluster.spawn(i, false);
+            }
+        }
+        if let Err(reason) = started {
+            skip_or_fail(test, &reason);
+            return None;
+        }
+        Some(cluster)
+    }
+
+    /// The client port of node `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// How many nodes the cluster has.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no node (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `mysql://root@127.0.0.1:P1,127.0.0.1:P2,.../DATABASE` with the nodes
+    /// in `order` (indices): what `--db-url` takes for a cluster.
+    pub fn url(&self, order: &[usize], database: &str) -> String {
+        let hosts: Vec<String> = order
+            .iter()
+            .map(|&i| format!("127.0.0.1:{}", self.nodes[i].port))
+            .collect();
+        format!("mysql://root@{}/{database}", hosts.join(","))
+    }
+
+    /// The target of `database` on node `i` alone.
+    pub fn target(&self, i: usize, database: &str) -> DbTarget {
+        DbTarget::from_url(&self.url(&[i], database)).expect("a valid URL")
+    }
+
+    /// Runs `sql` as root on node `i` (in `database` when given).
+    pub async fn execute(&self, i: usize, database: Option<&str>, sql: &str) {
+        let mut conn = self.connect(i, database).await;
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.ok();
+    }
+
+    /// Runs one query as root on node `i`, after the node has applied every
+    /// write the cluster committed before it (`wsrep_sync_wait`), and
+    /// returns each row's columns as text.
+    pub async fn query_text(&self, i: usize, database: &str, sql: &str) -> Vec<Vec<String>> {
+        use sqlx::Row;
+        let mut conn = self.connect(i, Some(database)).await;
+        sqlx::query("SET SESSION wsrep_sync_wait = 1")
+            .execute(&mut conn)
+            .await
+            .expect("set wsrep_sync_wait");
+        let rows = sqlx::query(sql)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        conn.close().await.ok();
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|c| {
+                        row.try_get::<String, _>(c)
+                            .or_else(|_| {
+                                row.try_get::<Vec<u8>, _>(c)
+                                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            })
+                            .or_else(|_| row.try_get::<i64, _>(c).map(|n| n.to_string()))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn connect(&self, i: usize, database: Option<&str>) -> MySqlConnection {
+        let mut options = MySqlConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.nodes[i].port)
+            .username("root")
+            .disable_statement_logging();
+        if let Some(database) = database {
+            options = options.database(database);
+        }
+        MySqlConnection::connect_with(&options)
+            .await
+            .unwrap_or_else(|e| panic!("connect to Galera node {i}: {e}"))
+    }
+
+    /// Kills node `i` with `SIGKILL` (a crash: no shutdown, no goodbye to
+    /// the cluster) and waits until it has exited.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again after [`GaleraCluster::kill`]; returns once it
+    /// has rejoined and is synced.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "restart after kill");
+        self.spawn(i, false)
+            .unwrap_or_else(|reason| panic!("{reason}"));
+    }
+
+    /// Node `i`'s error log so far.
+    pub fn error_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(i).join("error.log")).unwrap_or_default()
+    }
+
+    fn node_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    fn spawn(&mut self, i: usize, bootstrap: bool) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.node_dir(i);
+        let node = &self.nodes[i];
+        let members: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.gcomm_port))
+            .collect();
+        let mut command = std::process::Command::new(&self.mariadbd);
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--port={}", node.port))
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
+            .args(PRIVATE_SERVER_OPTIONS)
+            .args(galera_user_option())
+            .args([
+                "--wsrep-on=ON",
+                "--binlog-format=ROW",
+                "--default-storage-engine=InnoDB",
+                "--innodb-autoinc-lock-mode=2",
+                "--wsrep-sst-method=rsync",
+                "--wsrep-slave-threads=2",
+            ])
+            .arg(format!("--wsrep-provider={}", self.provider.display()))
+            .arg(format!(
+                "--wsrep-cluster-name=pysmurf_t_{}",
+                std::process::id()
+            ))
+            .arg(format!("--wsrep-node-name=node{i}"))
+            .arg(format!(
+                "--wsrep-node-address=127.0.0.1:{}",
+                node.gcomm_port
+            ))
+            .arg(format!(
+                "--wsrep-node-incoming-address=127.0.0.1:{}",
+                node.port
+            ))
+            .arg(format!(
+                "--wsrep-sst-receive-address=127.0.0.1:{}",
+                node.sst_port
+            ))
+            .arg(format!(
+                "--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:{};\
+                 ist.recv_addr=127.0.0.1:{};gcache.size=64M;evs.suspect_timeout=PT3S;\
+                 evs.inactive_timeout=PT6S;evs.install_timeout=PT6S",
+                node.gcomm_port, node.ist_port
+            ))
+            .arg(format!(
+                "--wsrep-cluster-address=gcomm://{}",
+                members.join(",")
+            ));
+        if bootstrap {
+            command.arg("--wsrep-new-cluster");
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.mariadbd.display()))?;
+        watch_child(child.id())?;
+        self.nodes[i].child = Some(child);
+        let deadline = std::time::Instant::now() + GALERA_NODE_LIMIT;
+        loop {
+            if self.synced(i) {
+                return Ok(());
+            }
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                if let Some(mut child) = self.nodes[i].child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                let others: String = (0..self.nodes.len())
+                    .filter(|&n| n != i)
+                    .map(|n| {
+                        let log = self.error_log(n);
+                        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                        format!(
+                            "\n--- node {n}, last lines ---\n{}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "Galera node {i} did not come up synced on 127.0.0.1:{} ({exited:?}):\n{}{others}",
+                    self.nodes[i].port,
+                    self.error_log(i)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether node `i` answers and reports `wsrep_local_state_comment = Synced`.
+    fn synced(&self, i: usize) -> bool {
+        let Some(client) = find_program(&["mariadb", "mysql"]) else {
+            return false;
+        };
+        std::process::Command::new(client)
+            .args([
+                "--no-defaults",
+                "--protocol=tcp",
+                "-h127.0.0.1",
+                "-uroot",
+                "-N",
+                "-B",
+            ])
+            .arg(format!("-P{}", self.nodes[i].port))
+            .args(["--connect-timeout=2", "-e"])
+            .arg("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("Synced"))
+    }
+}
+
+impl Drop for GaleraCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Run as root, the cluster's servers run as `mysql` (the user Debian's
+/// `mariadb-server` creates): an rsync daemon started by root, as the
+/// state transfer does, switches to `nobody` and cannot write the data
+/// directory. Anyone else runs them as themselves.
+fn galera_user_option() -> Option<&'static str> {
+    user_option()?;
+    let exists = std::process::Command::new("id")
+        .arg("mysql")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    Some(if exists {
+        "--user=mysql"
+    } else {
+        "--user=root"
+    })
+}
+
+/// Kills process `pid` (SIGKILL) once this test process is gone, however it ends.
+fn watch_child(pid: u32) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do kill -0 {pid} 2>/dev/null || exit 0; \
+             sleep 0.5; done; kill -KILL {pid} 2>/dev/null",
+            me = std::process::id(),
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("cannot start a watcher shell: {e}"))
+}
+
 /// The first of `names` on `PATH` or in the sbin directories (not on every
 /// user's `PATH`).
 fn find_program(names: &[&str]) -> Option<std::path::PathBuf> {

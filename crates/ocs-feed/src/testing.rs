@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -245,13 +244,33 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A TCP forwarder from a loopback port to the router that can refuse connections, to hold an
-/// agent off a router that is up.
+/// A TCP forwarder from a loopback port to a loopback service (a router, a database) that can
+/// cut its connections and refuse new ones, to hold a client off a service that is up.
+///
+/// [`Gate::close`] takes effect before it returns: every forwarded socket is shut down at once
+/// (not when a forwarding task next gets to run), so nothing the client sends after `close`
+/// reaches the service, however busy the machine is.
 pub struct Gate {
     /// The loopback port to connect to instead of the target's.
     pub port: u16,
-    open: Arc<AtomicBool>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    state: Arc<std::sync::Mutex<GateState>>,
+}
+
+/// Whether the gate is open, and a duplicate handle of both sockets of every forwarded
+/// connection, so that `close` can shut them down synchronously.
+struct GateState {
+    open: bool,
+    next_id: u64,
+    connections: std::collections::HashMap<u64, (TcpStream, TcpStream)>,
+}
+
+impl GateState {
+    fn cut_all(&mut self) {
+        for (_, (inbound, outbound)) in self.connections.drain() {
+            let _ = inbound.shutdown(std::net::Shutdown::Both);
+            let _ = outbound.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl Gate {
@@ -261,41 +280,45 @@ impl Gate {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (o, g) = (open.clone(), generation.clone());
+        let state = Arc::new(std::sync::Mutex::new(GateState {
+            open: true,
+            next_id: 0,
+            connections: Default::default(),
+        }));
+        let shared = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: connection closed
-                }
-                let (o, g) = (o.clone(), g.clone());
-                let my_gen = g.load(Ordering::SeqCst);
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let target = SocketAddr::from((Ipv4Addr::LOCALHOST, target_port));
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
-                    let watch = async {
-                        while o.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == my_gen {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                    let (Some((mut inbound, inbound_dup)), Some((mut outbound, outbound_dup))) =
+                        (with_duplicate(inbound), with_duplicate(outbound))
+                    else {
+                        return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = watch => {}
-                    }
+                    let id = {
+                        let mut state = shared.lock().unwrap();
+                        if !state.open {
+                            return; // refused: both sockets are dropped, i.e. closed
+                        }
+                        state.next_id += 1;
+                        let id = state.next_id;
+                        state.connections.insert(id, (inbound_dup, outbound_dup));
+                        id
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    // Drop the duplicates too, or the peers would never see this connection end.
+                    shared.lock().unwrap().connections.remove(&id);
                 });
             }
         });
-        Gate {
-            port,
-            open,
-            generation,
-        }
+        Gate { port, state }
     }
 
     /// The WebSocket URL through the gate, when the target is a router.
@@ -303,16 +326,26 @@ impl Gate {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
 
-    /// Cuts every connection and refuses new ones.
+    /// Cuts every connection and refuses new ones. When this returns, no byte written by a
+    /// client afterwards can reach the service through the gate.
     pub fn close(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut state = self.state.lock().unwrap();
+        state.open = false;
+        state.cut_all();
     }
 
     /// Accepts connections again after [`Gate::close`].
     pub fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
+        self.state.lock().unwrap().open = true;
     }
+}
+
+/// The stream and a duplicate of its socket (same socket, another descriptor) for shutting it
+/// down from outside the task that owns the stream.
+fn with_duplicate(stream: tokio::net::TcpStream) -> Option<(tokio::net::TcpStream, TcpStream)> {
+    let std_stream = stream.into_std().ok()?;
+    let duplicate = std_stream.try_clone().ok()?;
+    Some((tokio::net::TcpStream::from_std(std_stream).ok()?, duplicate))
 }
 
 /// Waits up to `limit` for `cond`; returns how long it took, or panics with `what`.

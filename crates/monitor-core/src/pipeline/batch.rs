@@ -1,5 +1,6 @@
 //! The batcher: rows into transactions, rejected rows out to the dead
-//! letters, a failing database retried with backoff.
+//! letters, an unreachable database probed until it answers (then retried at
+//! once), other failures retried with backoff.
 
 use super::*;
 
@@ -37,6 +38,9 @@ pub(super) async fn batch_stage(
 /// uncommitted rows stay in the spool.
 async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationToken) -> bool {
     let mut delay = Duration::from_secs(1);
+    // Before the first probe after an unreachable failure; doubles while the
+    // database answers probes but the writes keep failing.
+    let mut first_probe = PROBE_INTERVAL;
     loop {
         let (fates, error) = insert_isolating_rejects(shared, batch).await;
         let mut settled = Vec::new();
@@ -66,7 +70,7 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
             return true;
         };
         shared.stats.set_database_error(Some(err.to_string()));
-        tracing::error!(error = %err, retry_in = ?delay, rows = batch.len(), "database write failed; rows stay spooled");
+        tracing::error!(error = %err, rows = batch.len(), node = %shared.db.active_node(), "database write failed; rows stay spooled");
         if err.kind() == FailureKind::TableMissing && shared.options.create_missing_table {
             match shared.db.create_table().await {
                 Ok(outcome) => tracing::warn!(
@@ -77,11 +81,45 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
                 Err(err) => tracing::error!(error = %err, "cannot create the missing table"),
             }
         }
+        if err.kind() == FailureKind::Unreachable {
+            // The failed attempt may have committed before its answer was
+            // lost (a node killed between COMMIT and OK): its retry, possibly
+            // on another node, skips rows already stored, as a replay does.
+            // (Minimal stand-in for issue #14 point 6's retry de-duplication.)
+            for hashed in batch.iter_mut() {
+                hashed.registration.replayed = true;
+            }
+            // Retried as soon as a cheap probe finds the database (or another
+            // of its nodes) taking writes again.
+            if !wait_until_reachable(shared, first_probe, drain).await {
+                return false;
+            }
+            first_probe = (first_probe * 2).min(MAX_RETRY_DELAY);
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = drain.cancelled() => return false,
         }
         delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Probes the database, first after `first` and then every
+/// [`PROBE_INTERVAL`], until it takes writes (moving to another node of a
+/// cluster that does). Returns `false` when draining ended first.
+async fn wait_until_reachable(shared: &Shared, first: Duration, drain: &CancellationToken) -> bool {
+    let mut wait = first;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = drain.cancelled() => return false,
+        }
+        wait = PROBE_INTERVAL;
+        match shared.db.probe().await {
+            Ok(()) => return true,
+            Err(err) => shared.stats.set_database_error(Some(err.to_string())),
+        }
     }
 }
 

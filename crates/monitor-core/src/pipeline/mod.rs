@@ -71,8 +71,14 @@ const TO_BATCH_CAPACITY: usize = 4_096;
 /// database is not keeping up.
 pub const DEGRADED_SPOOL_DEPTH: u64 = 10_000;
 
-/// Longest wait between retries of a failing database.
+/// Longest wait between retries of a database that answers but fails the
+/// writes (access denied, a missing table, ...).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How often an unreachable database is probed (one connection attempt each
+/// time, on a cluster one per node until one answers): the rows are retried
+/// within about this long of the database's return.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How the pipeline is tuned. `Default` gives the production values.
 #[derive(Debug, Clone)]
@@ -182,7 +188,8 @@ struct Registration {
     received: Received,
     envelope: Envelope,
     file: FilePayload,
-    /// Replayed from an earlier run: its row may already be committed.
+    /// Replayed from an earlier run, or in an insert that failed without
+    /// an answer: its row may already be committed.
     replayed: bool,
     /// Its place among the registrations held in memory, given back when
     /// it is dropped (settled, or waiting for its file on a waiting slot).
