@@ -70,11 +70,14 @@ pub struct SiteArgs {
     /// Working directory.
     #[arg(long, value_name = "DIR")]
     pub working_dir: Option<PathBuf>,
-    /// Seconds ocs waits for a lost router before exiting (0 = forever); this agent
-    /// reconnects forever and only records the value.
+    /// After losing the router, stop all ops and end after this many seconds without it
+    /// (0 = never). Unset (here and in the site host), the agent reconnects forever.
     #[arg(long, value_name = "SECONDS")]
     pub crossbar_timeout: Option<u64>,
-    /// Access policy (none, override:PW2,PW3 or director:ID); only `none` is implemented.
+    /// PEM file of a private CA to trust, besides the system's roots, for a wss:// router.
+    #[arg(long, value_name = "FILE", env = "OCS_SITE_CA_FILE")]
+    pub site_ca_file: Option<PathBuf>,
+    /// Access policy: none, override:PW2,PW3 or director:ID (as ocs 0.12).
     #[arg(long, value_name = "POLICY")]
     pub access_policy: Option<String>,
 }
@@ -113,8 +116,11 @@ pub struct SiteConfig {
     pub address_root: String,
     /// This agent's instance-id.
     pub instance_id: String,
-    /// Seconds ocs would wait for a lost router (default 10); see [`SiteArgs::crossbar_timeout`].
-    pub crossbar_timeout: u64,
+    /// Seconds without the router after which ops stop and [`crate::Agent::run`] ends
+    /// (`--crossbar-timeout` or the site host's `crossbar_timeout`; 0 = never). `None` when
+    /// neither is set: the agent reconnects forever (ocs then uses 10 s for agents listed in
+    /// a site file).
+    pub crossbar_timeout: Option<u64>,
     /// Log directory, if any.
     pub log_dir: Option<PathBuf>,
     /// Working directory, if any.
@@ -123,6 +129,9 @@ pub struct SiteConfig {
     pub access_policy: Option<String>,
     /// The site file used, if any.
     pub site_file: Option<PathBuf>,
+    /// A private CA (PEM) trusted besides the system's roots for a `wss://` router
+    /// (`--site-ca-file` or `OCS_SITE_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl SiteConfig {
@@ -139,17 +148,39 @@ impl SiteConfig {
             realm: realm.to_owned(),
             address_root: address_root.to_owned(),
             instance_id: instance_id.to_owned(),
-            crossbar_timeout: 10,
+            crossbar_timeout: None,
             log_dir: None,
             working_dir: None,
             access_policy: None,
             site_file: None,
+            ca_file: None,
         }
     }
 
     /// `{address_root}.{instance_id}`.
     pub fn agent_address(&self) -> String {
         format!("{}.{}", self.address_root, self.instance_id)
+    }
+
+    /// The log file ocs would write: `{log_dir}/{address_root}.{instance_id}.log`, with a
+    /// relative `log_dir` taken from `working_dir`; `None` without a log dir, or with a
+    /// relative one and no working dir (ocs logs an error and writes no file then).
+    ///
+    /// ```
+    /// let mut site = ocs_feed::SiteConfig::new("ws://127.0.0.1:8001/ws", "r", "observatory", "m1");
+    /// site.log_dir = Some("logs".into());
+    /// assert_eq!(site.log_file(), None);
+    /// site.working_dir = Some("/srv/ocs".into());
+    /// assert_eq!(site.log_file().unwrap(), std::path::Path::new("/srv/ocs/logs/observatory.m1.log"));
+    /// ```
+    pub fn log_file(&self) -> Option<PathBuf> {
+        let dir = self.log_dir.as_ref()?;
+        let dir = if dir.is_absolute() {
+            dir.clone()
+        } else {
+            self.working_dir.as_ref()?.join(dir)
+        };
+        Some(dir.join(format!("{}.log", self.agent_address())))
     }
 }
 
@@ -212,10 +243,18 @@ where
         (Some(_), Some(_)) => return Err(SiteError::SiteAndSiteFile),
         (Some("none"), None) => None,
         (_, Some(file)) => Some(PathBuf::from(file)),
-        (name, None) => env
-            .config_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}.yaml", name.unwrap_or("default")))),
+        (name, None) => match (&env.config_dir, name) {
+            (Some(d), _) => Some(d.join(format!("{}.yaml", name.unwrap_or("default")))),
+            // ocs needs OCS_CONFIG_DIR here; without it and without --site, this agent runs
+            // on the local defaults (see docs/ocs-compatibility.md), but a named site that
+            // cannot be found is an error, never silently ignored.
+            (None, Some(site)) => {
+                return Err(SiteError::NoConfigDir {
+                    site: site.to_owned(),
+                })
+            }
+            (None, None) => None,
+        },
     };
     let site_file = site_path.as_deref().map(SiteFile::load).transpose()?;
     let host = flag_value(&cmdline, "--site-host")
@@ -235,7 +274,12 @@ where
         merged.extend(cmdline);
     }
     merged.insert(0, prog);
-    let args = T::try_parse_from(&merged).map_err(SiteError::Args)?;
+    // Values like `-5` are values, as for ocs's argparse.
+    let mut matches = T::command()
+        .mut_args(|a| a.allow_negative_numbers(true))
+        .try_get_matches_from(&merged)
+        .map_err(SiteError::Args)?;
+    let args = T::from_arg_matches_mut(&mut matches).map_err(SiteError::Args)?;
 
     let cli = args.site_args();
     let host_entry = site_file
@@ -279,8 +323,7 @@ where
             .ok_or_else(|| missing("instance-id", "--instance-id"))?,
         crossbar_timeout: cli
             .crossbar_timeout
-            .or(host_entry.and_then(|h| h.crossbar_timeout))
-            .unwrap_or(10),
+            .or(host_entry.and_then(|h| h.crossbar_timeout)),
         log_dir: cli
             .log_dir
             .clone()
@@ -288,8 +331,10 @@ where
         working_dir: cli.working_dir.clone(),
         access_policy: pick(&cli.access_policy, None, hub.map(|h| &h.access_policy)),
         site_file: site_path.clone(),
+        ca_file: cli.site_ca_file.clone(),
     };
     check_uri_component("instance-id", &config.instance_id)?;
+    crate::AccessPolicy::parse(config.access_policy.as_deref())?;
     if config.address_root.is_empty() {
         return Err(SiteError::BadUriComponent {
             what: "address root",
@@ -333,11 +378,22 @@ fn group_key(arg: &str) -> &str {
     }
 }
 
-/// Splits arguments into groups, each a flag and the values after it (ocs's `get_group`).
+/// Whether an argument starts a new flag group: ocs's `ArgContainer.is_new_arg`, a `-` and
+/// then (after the dashes) a letter, so `-5` and `-1.5` are values.
+fn is_new_arg(arg: &str) -> bool {
+    arg.starts_with('-')
+        && arg
+            .trim_start_matches('-')
+            .chars()
+            .next()
+            .is_some_and(char::is_alphabetic)
+}
+
+/// Splits arguments into groups, each a flag and the values after it (ocs's `ArgContainer`).
 fn groups(args: &[String]) -> Vec<Vec<String>> {
     let mut out: Vec<Vec<String>> = Vec::new();
     for a in args {
-        let starts_group = a.starts_with("--") || (a.starts_with('-') && a.len() == 2);
+        let starts_group = is_new_arg(a);
         match out.last_mut() {
             Some(g) if !starts_group => g.push(a.clone()),
             _ => out.push(vec![a.clone()]),
@@ -414,7 +470,7 @@ mod tests {
         assert_eq!(site.realm, "test_realm");
         assert_eq!(site.instance_id, "fake-data1");
         assert_eq!(site.agent_address(), "observatory.fake-data1");
-        assert_eq!(site.crossbar_timeout, 10);
+        assert_eq!(site.crossbar_timeout, None, "unset: reconnect forever");
         assert_eq!(
             site.log_dir.as_deref(),
             Some(std::path::Path::new("/opt/ocsref/log"))
@@ -440,7 +496,7 @@ mod tests {
         assert_eq!(args.mode.as_deref(), Some("idle"));
         assert_eq!(args.frame_length, Some(10));
         assert_eq!(site.hub_url, "ws://127.0.0.1:9999/ws");
-        assert_eq!(site.crossbar_timeout, 0);
+        assert_eq!(site.crossbar_timeout, Some(0));
     }
 
     #[test]
@@ -549,8 +605,79 @@ mod tests {
             hostname: Some("daq".to_owned()),
         };
         let (_, site) = run(&["agent", "--site-file", path.to_str().unwrap()], &env).unwrap();
-        assert_eq!(site.crossbar_timeout, 20);
+        assert_eq!(site.crossbar_timeout, Some(20));
         assert_eq!(site.hub_url, "ws://127.0.0.1:2/ws");
         assert_eq!(site.instance_id, "f1");
+    }
+
+    #[test]
+    fn negative_values_are_values_and_site_needs_a_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(
+            &path,
+            "hub: {wamp_server: 'ws://127.0.0.1:1/ws', wamp_realm: r, address_root: obs}\n\
+             hosts: {daq: {agent-instances: [{instance-id: f1,\n\
+             arguments: [--sample-rate, -5, --frame-length, 3]}]}}",
+        )
+        .unwrap();
+        let env = Env {
+            config_dir: None,
+            hostname: Some("daq".to_owned()),
+        };
+        let file = path.to_str().unwrap();
+        let (args, _) = run(&["agent", "--site-file", file, "--instance-id", "f1"], &env).unwrap();
+        assert_eq!(args.sample_rate, Some(-5.0));
+        assert_eq!(args.frame_length, Some(3));
+        let (args, _) = run(
+            &[
+                "agent",
+                "--site-file",
+                file,
+                "--instance-id",
+                "f1",
+                "--sample-rate",
+                "-1.5",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(args.sample_rate, Some(-1.5), "the command line wins");
+        assert_eq!(args.frame_length, Some(3));
+        let e = run(&["agent", "--site", "lab"], &env).unwrap_err();
+        assert!(matches!(e, SiteError::NoConfigDir { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_access_policy_ocs_refuses_is_an_error_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.yaml");
+        std::fs::write(
+            &path,
+            "hub: {wamp_server: 'ws://127.0.0.1:1/ws', wamp_realm: r, address_root: obs,\n\
+             access_policy: 'strict:pw'}\n\
+             hosts: {daq: {agent-instances: [{agent-class: FakeDataAgent, instance-id: f1}]}}",
+        )
+        .unwrap();
+        let env = Env {
+            config_dir: None,
+            hostname: Some("daq".to_owned()),
+        };
+        let file = path.to_str().unwrap();
+        let err = run(&["agent", "--site-file", file], &env).unwrap_err();
+        assert!(matches!(err, SiteError::AccessPolicy(_)), "{err}");
+        assert!(!err.to_string().contains("pw"), "no password in: {err}");
+        let (_, site) = run(
+            &[
+                "agent",
+                "--site-file",
+                file,
+                "--access-policy",
+                "override:a,b",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(site.access_policy.as_deref(), Some("override:a,b"));
     }
 }

@@ -17,7 +17,13 @@
 //!   structure and name rules ([`check_field_name`], [`enforce_field_name_rules`]), and the
 //!   bounded queue that holds them while the router is away (oldest dropped and counted,
 //!   [`FeedStats`]);
-//! * the heartbeat feed.
+//! * the heartbeat feed;
+//! * ocs 0.12.1's parameter checks ([`OpOptions::param`], [`Param`], [`ParamHandler`]) and
+//!   access control ([`AccessPolicy`]);
+//! * the client side: subscriptions to other agents' feeds ([`Agent::subscribe_to_feed`]),
+//!   calls ([`Agent::call`]) and other agents' ops ([`OcsClient`]).
+//!
+//! What differs from ocs on purpose is listed in `docs/ocs-compatibility.md`.
 //!
 //! It knows nothing of pysmurf or databases.
 //!
@@ -63,19 +69,27 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod agent;
 mod args;
+mod client;
 mod feed;
 mod ops;
+mod params;
 mod session;
 mod site;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod wamp;
 
-pub use agent::{Agent, AgentBuilder, AgentError, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY};
+pub use access::{AccessPolicy, AccessPolicyError};
+pub use agent::{
+    Agent, AgentBuilder, AgentError, CallError, FeedStats, DEFAULT_FEED_QUEUE_CAPACITY,
+};
 pub use args::{parse_args, parse_args_from, HasSiteArgs, SiteArgs, SiteArgsOnly, SiteConfig};
+pub use client::{OcsClient, OcsReply};
 pub use feed::{check_field_name, enforce_field_name_rules, FeedError, FeedOptions};
 pub use ops::{OpError, OpOptions, OpResult, Params};
+pub use params::{Cast, Param, ParamError, ParamHandler, ParamType};
 pub use session::{OpCode, Session, Status};
 pub use site::{HostConfig, HubConfig, InstanceConfig, SiteError, SiteFile};

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use crate::access::{rejection_message, Caller};
 use crate::agent::Shared;
+use crate::params::{prescreen, Param};
 use crate::session::{OpCode, Session, Status};
 
 /// The parameters an op is started with (a JSON object; `null` or `[]` from a client is `{}`).
@@ -72,6 +74,11 @@ pub struct OpOptions {
     pub(crate) startup: Option<Params>,
     pub(crate) blocking: bool,
     pub(crate) abortable: bool,
+    pub(crate) params: Vec<Param>,
+    /// Whether any `@param`-like declaration was made (then params are prescreened).
+    pub(crate) prescreen: bool,
+    pub(crate) check_strays: bool,
+    pub(crate) min_privs: u8,
 }
 
 impl Default for OpOptions {
@@ -81,6 +88,10 @@ impl Default for OpOptions {
             startup: None,
             blocking: false,
             abortable: true,
+            params: Vec::new(),
+            prescreen: false,
+            check_strays: true,
+            min_privs: 1,
         }
     }
 }
@@ -119,6 +130,42 @@ impl OpOptions {
         self.blocking = blocking;
         self
     }
+
+    /// Declares a parameter, as ocs's `@ocs_agent.param` does. Once an op declares any, every
+    /// `start` is checked before a session is made: a failure is refused with
+    /// `[-1, <ocs's text>, {}]`, keys not declared are refused (see
+    /// [`OpOptions::allow_stray_params`]), and the body gets the processed params (defaults
+    /// filled in, casts applied) in declaration order. Python applies decorators bottom-up,
+    /// so ocs's order is that of the `@param` lines read from the function upwards.
+    ///
+    /// ```
+    /// use ocs_feed::{OpOptions, Param, ParamType};
+    /// let opts = OpOptions::new()
+    ///     .param(Param::new("test_mode").default(false).ty(ParamType::Bool))
+    ///     .param(Param::new("delay").default(1.0).ty(ParamType::Float));
+    /// # let _ = opts;
+    /// ```
+    pub fn param(mut self, param: Param) -> OpOptions {
+        self.params.push(param);
+        self.prescreen = true;
+        self
+    }
+
+    /// Accepts keys that were not declared (ocs's `@param('_no_check_strays')`); they are
+    /// dropped from the params the body gets, as in ocs.
+    pub fn allow_stray_params(mut self) -> OpOptions {
+        self.check_strays = false;
+        self.prescreen = true;
+        self
+    }
+
+    /// The credential level needed to start, stop or abort the op (ocs's `min_privs`: 1 to
+    /// 4; values below 1 are 1, as in ocs). Levels only matter under an access policy other
+    /// than `none`.
+    pub fn min_privs(mut self, level: u8) -> OpOptions {
+        self.min_privs = level.clamp(1, 4);
+        self
+    }
 }
 
 /// Task or process.
@@ -153,13 +200,13 @@ impl Op {
                 "abortable": self.options.abortable,
                 "docstring": self.options.docstring,
                 "op_type": "task",
-                "min_privs": 1,
+                "min_privs": self.options.min_privs,
             }),
             OpKind::Process => json!({
                 "blocking": self.options.blocking,
                 "docstring": self.options.docstring,
                 "op_type": "process",
-                "min_privs": 1,
+                "min_privs": self.options.min_privs,
             }),
         }
     }
@@ -187,19 +234,25 @@ fn reply(code: i64, message: String, session: Value) -> Value {
     json!([code, message, session])
 }
 
-/// Binds INVOCATION arguments to Python parameter names, as Python would.
+/// Binds INVOCATION arguments to Python parameter names, as Python would. With
+/// `var_kwargs` (a Python `**kwargs`), unknown keyword arguments are accepted and ignored.
 fn bind(
     func: &str,
     names: &[&str],
     required: usize,
+    var_kwargs: bool,
     args: &[Value],
     kwargs: &Map<String, Value>,
 ) -> Result<Vec<Option<Value>>, String> {
     if args.len() > names.len() {
+        // Counts include `self`, as Python's messages do.
+        let takes = if required == names.len() {
+            format!("{}", names.len() + 1)
+        } else {
+            format!("from {} to {}", required + 1, names.len() + 1)
+        };
         return Err(format!(
-            "{func}() takes from {} to {} positional arguments but {} were given",
-            required + 1,
-            names.len() + 1,
+            "{func}() takes {takes} positional arguments but {} were given",
             args.len() + 1
         ));
     }
@@ -209,6 +262,9 @@ fn bind(
     }
     for (k, v) in kwargs {
         let Some(i) = names.iter().position(|n| n == k) else {
+            if var_kwargs {
+                continue;
+            }
             return Err(format!("{func}() got an unexpected keyword argument '{k}'"));
         };
         if bound[i].is_some() {
@@ -243,6 +299,7 @@ pub(crate) async fn handle_ops(
         "OCSAgent._ops_handler",
         &["action", "op_name", "params", "timeout", "password"],
         2,
+        false,
         args,
         kwargs,
     )?;
@@ -253,8 +310,9 @@ pub(crate) async fn handle_ops(
     };
     let action = text(&bound[0]);
     let op_name = text(&bound[1]);
+    let password = Caller::Client(bound[4].as_ref());
     Ok(match action.as_str() {
-        "start" => start(shared, &op_name, bound[2].clone()),
+        "start" => start(shared, &op_name, bound[2].clone(), password),
         "wait" => {
             let timeout = match &bound[3] {
                 None | Some(Value::Null) => None,
@@ -265,8 +323,8 @@ pub(crate) async fn handle_ops(
             };
             wait(shared, &op_name, timeout).await
         }
-        "stop" => stop(shared, &op_name, OpKind::Process),
-        "abort" => stop(shared, &op_name, OpKind::Task),
+        "stop" => stop(shared, &op_name, OpKind::Process, password),
+        "abort" => stop(shared, &op_name, OpKind::Task, password),
         "status" => status(shared, &op_name),
         _ => reply(
             ERROR,
@@ -277,12 +335,17 @@ pub(crate) async fn handle_ops(
 }
 
 /// Starts `op_name` with `params`; used by the ops handler and for startup ops.
-pub(crate) fn start(shared: &Arc<Shared>, op_name: &str, params: Option<Value>) -> Value {
-    match try_start(shared, op_name, params) {
-        Ok((kind, session)) => reply(
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    op_name: &str,
+    params: Option<Value>,
+    caller: Caller<'_>,
+) -> Value {
+    match try_start(shared, op_name, params, caller) {
+        Ok(started) => reply(
             OK,
-            format!("Started {} \"{op_name}\".", kind.as_str()),
-            session.encode(),
+            format!("Started {} \"{op_name}\".", started.kind.as_str()),
+            started.encoded,
         ),
         Err(refused) => reply(ERROR, refused.message, refused.session),
     }
@@ -294,11 +357,32 @@ pub(crate) struct Refused {
     pub(crate) session: Value,
 }
 
+/// A started op: its kind, its session and that session as it was before the body could
+/// run (status `starting`, as ocs replies).
+pub(crate) struct Started {
+    pub(crate) kind: OpKind,
+    pub(crate) session: Session,
+    pub(crate) encoded: Value,
+}
+
+fn python_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
 pub(crate) fn try_start(
     shared: &Arc<Shared>,
     op_name: &str,
     params: Option<Value>,
-) -> Result<(OpKind, Session), Refused> {
+    caller: Caller<'_>,
+) -> Result<Started, Refused> {
     let mut ops = shared.lock_ops();
     let Some(op) = ops.iter_mut().find(|o| o.name == op_name) else {
         return Err(Refused {
@@ -316,27 +400,56 @@ pub(crate) fn try_start(
     }
     // As in OCS, a done session is discarded here even if a later check fails.
     op.current = None;
-    let params = match params {
+    let (cred_level, detail) = creds(shared, caller);
+    if cred_level < op.options.min_privs {
+        tracing::info!(op = op_name, "Rejected underprivileged \"start\" request.");
+        return Err(Refused {
+            message: rejection_message(cred_level, op.options.min_privs, &detail),
+            session: json!({}),
+        });
+    }
+    let mut params = match params {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,
-        Some(Value::Array(a)) if a.is_empty() => Map::new(),
+        Some(Value::Array(a)) if a.is_empty() && !op.options.prescreen => Map::new(),
         Some(other) => {
+            // ocs's ParamHandler calls params.get(...) on what the client sent.
+            let message = if op.options.prescreen {
+                format!(
+                    "CRASH: during param pre-processing: '{}' object has no attribute 'get'",
+                    python_type_name(&other)
+                )
+            } else {
+                format!("CRASH: during param pre-processing: params must be a dict, not {other}")
+            };
             return Err(Refused {
-                message: format!(
-                    "CRASH: during param pre-processing: params must be a dict, not {other}"
-                ),
+                message,
                 session: json!({}),
-            })
+            });
         }
     };
-    let session = Session::new(shared.next_session_id(), op_name);
+    if op.options.prescreen {
+        params = prescreen(&op.options.params, &params, op.options.check_strays).map_err(|e| {
+            tracing::error!(op = op_name, error = %e, "Caught ParamError during start call");
+            Refused {
+                message: e.message().to_owned(),
+                session: json!({}),
+            }
+        })?;
+    }
+    let session = Session::new(shared.next_session_id(), op_name, cred_level);
     op.current = Some(session.clone());
     let body = op.body.clone();
     let kind = op.kind;
     drop(ops);
     tracing::info!(op = op_name, session_id = session.id(), "starting op");
+    let encoded = session.encode();
     tokio::spawn(run_op(session.clone(), body, params));
-    Ok((kind, session))
+    Ok(Started {
+        kind,
+        session,
+        encoded,
+    })
 }
 
 async fn run_op(session: Session, body: OpBody, params: Params) {
@@ -403,8 +516,16 @@ async fn wait(shared: &Arc<Shared>, op_name: &str, timeout: Option<f64>) -> Valu
     }
 }
 
+/// The caller's credential level and ocs's detail text; level 0 while the configured policy
+/// is invalid (the agent refuses to run then, but a handle can still be used).
+fn creds(shared: &Arc<Shared>, caller: Caller<'_>) -> (u8, String) {
+    shared
+        .with_access(|a| a.creds(caller, &shared.agent_class, &shared.site.instance_id))
+        .unwrap_or((0, "Invalid access policy.".into()))
+}
+
 /// `stop` (processes, `kind` = Process) and `abort` (tasks, `kind` = Task).
-fn stop(shared: &Arc<Shared>, op_name: &str, kind: OpKind) -> Value {
+fn stop(shared: &Arc<Shared>, op_name: &str, kind: OpKind, caller: Caller<'_>) -> Value {
     let action = match kind {
         OpKind::Process => "stop",
         OpKind::Task => "abort",
@@ -422,6 +543,19 @@ fn stop(shared: &Arc<Shared>, op_name: &str, kind: OpKind) -> Value {
         return reply(
             ERROR,
             format!("Cannot \"{action}\" \"{op_name}\" because it is a \"{{op_type}}\"."),
+            json!({}),
+        );
+    }
+    let (cred_level, _) = creds(shared, caller);
+    if cred_level < op.options.min_privs {
+        tracing::info!(
+            op = op_name,
+            "Rejected underprivileged \"{action}\" request."
+        );
+        // ocs gives no detail text here.
+        return reply(
+            ERROR,
+            rejection_message(cred_level, op.options.min_privs, ""),
             json!({}),
         );
     }
@@ -467,7 +601,14 @@ pub(crate) fn handle_management(
     args: &[Value],
     kwargs: &Map<String, Value>,
 ) -> Result<Value, String> {
-    let bound = bind("OCSAgent._management_handler", &["q"], 1, args, kwargs)?;
+    let bound = bind(
+        "OCSAgent._management_handler",
+        &["q"],
+        1,
+        true,
+        args,
+        kwargs,
+    )?;
     let q = bound[0].as_ref().and_then(Value::as_str).unwrap_or("");
     Ok(match q {
         "get_api" => json!({
@@ -477,13 +618,7 @@ pub(crate) fn handle_management(
             "feeds": shared.feed_list(),
             "processes": op_list(shared, OpKind::Process),
             "tasks": op_list(shared, OpKind::Task),
-            "access_control": {
-                "version": 1,
-                "policy": "none",
-                "update_timestamp": shared.start_time,
-                "update_count": 0,
-                "step": 0,
-            },
+            "access_control": shared.access_control(),
         }),
         "get_tasks" => op_list(shared, OpKind::Task),
         "get_processes" => op_list(shared, OpKind::Process),
@@ -869,6 +1004,7 @@ mod tests {
             "f",
             &names,
             2,
+            false,
             &[json!("wait"), json!("x"), json!({})],
             &kw(json!({"timeout": 1.5})),
         )
@@ -878,17 +1014,19 @@ mod tests {
             "f",
             &names,
             2,
+            false,
             &[],
             &kw(json!({"action": "start", "op_name": "x", "params": {}})),
         )
         .unwrap();
         assert_eq!(b[0], Some(json!("start")));
-        let e = bind("f", &names, 2, &[json!("status")], &Map::new()).unwrap_err();
+        let e = bind("f", &names, 2, false, &[json!("status")], &Map::new()).unwrap_err();
         assert_eq!(e, "f() missing 1 required positional argument: 'op_name'");
         let e = bind(
             "f",
             &names,
             2,
+            false,
             &[json!("a"), json!("b")],
             &kw(json!({"bogus": 1})),
         )
@@ -898,6 +1036,7 @@ mod tests {
             "f",
             &names,
             2,
+            false,
             &[json!("a"), json!("b")],
             &kw(json!({"op_name": 1})),
         )

@@ -98,6 +98,7 @@ pub struct Session {
 
 struct SessionInner {
     id: u64,
+    cred_level: u8,
     op_name: String,
     state: Mutex<SessionState>,
     done: watch::Sender<bool>,
@@ -126,12 +127,13 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A new session in status `starting`.
-    pub(crate) fn new(id: u64, op_name: &str) -> Session {
+    pub(crate) fn new(id: u64, op_name: &str, cred_level: u8) -> Session {
         let t = now();
         let (done, _) = watch::channel(false);
         let session = Session {
             inner: Arc::new(SessionInner {
                 id,
+                cred_level,
                 op_name: op_name.to_owned(),
                 state: Mutex::new(SessionState {
                     status: Status::Starting,
@@ -284,7 +286,7 @@ impl Session {
             "session_id": self.inner.id,
             "op_name": self.inner.op_name,
             "op_code": op_code_of(s.status, s.success, s.degraded) as i64,
-            "cred_level": 1,
+            "cred_level": self.inner.cred_level,
             "status": s.status.as_str(),
             "degraded": s.degraded,
             "success": s.success,
@@ -337,7 +339,7 @@ mod tests {
             .find(|w| w["msg"][0] == 70)
             .unwrap();
         let reference = &yield_msg["msg"][3][0][2];
-        let session = Session::new(4, "delay_task");
+        let session = Session::new(4, "delay_task", 1);
         session.set_status(Status::Running);
         session.update_data(|d| {
             d.insert("requested_delay".into(), json!(1.5));
@@ -364,7 +366,7 @@ mod tests {
 
     #[test]
     fn op_codes_follow_status_success_and_degraded() {
-        let s = Session::new(0, "x");
+        let s = Session::new(0, "x", 1);
         assert_eq!(s.op_code(), OpCode::Starting);
         s.set_status(Status::Running);
         assert_eq!(s.op_code(), OpCode::Running);
@@ -383,7 +385,7 @@ mod tests {
 
     #[test]
     fn messages_are_capped_but_keep_the_newest() {
-        let s = Session::new(0, "x");
+        let s = Session::new(0, "x", 1);
         for i in 0..(MESSAGES_MAX + 10) {
             s.add_message(format!("m{i}"));
         }
@@ -395,7 +397,7 @@ mod tests {
 
     #[test]
     fn nan_in_data_becomes_null() {
-        let s = Session::new(0, "x");
+        let s = Session::new(0, "x", 1);
         s.update_data(|d| {
             d.insert("v".into(), json!(f64::NAN));
         });
@@ -404,7 +406,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_done_returns_after_finish() {
-        let s = Session::new(0, "x");
+        let s = Session::new(0, "x", 1);
         let waiter = tokio::spawn({
             let s = s.clone();
             async move { s.wait_done().await }

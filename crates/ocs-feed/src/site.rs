@@ -53,22 +53,26 @@ pub enum SiteError {
         /// The agent class of this agent.
         agent_class: String,
     },
-    /// The instance-id belongs to an instance of another agent class.
+    /// No `--instance-id`, and more than one instance of this agent class on the host.
     #[error(
-        "site file {path}, host {host:?}: instance-id {instance_id:?} is of agent-class \
-         {found:?}, not {agent_class:?}"
+        "site file {path}, host {host:?}: multiple matches found for agent-class \
+         {agent_class:?} ... you probably need to pass --instance-id="
     )]
-    WrongClass {
+    AmbiguousClass {
         /// The site file.
         path: PathBuf,
         /// The host entry searched.
         host: String,
-        /// The instance-id asked for.
-        instance_id: String,
-        /// Its agent class in the file.
-        found: String,
         /// The agent class of this agent.
         agent_class: String,
+    },
+    /// `--site NAME` without `OCS_CONFIG_DIR` (where `NAME.yaml` would be).
+    #[error(
+        "--site {site} needs OCS_CONFIG_DIR (the directory of {site}.yaml), or use --site-file"
+    )]
+    NoConfigDir {
+        /// The site name.
+        site: String,
     },
     /// Both `--site` and `--site-file` were given.
     #[error("give --site or --site-file, not both")]
@@ -91,6 +95,10 @@ pub enum SiteError {
         /// The value.
         value: String,
     },
+    /// `--access-policy` or the site's `access_policy` is not one ocs accepts (ocs refuses to
+    /// start; so does this agent, rather than run unprotected).
+    #[error(transparent)]
+    AccessPolicy(#[from] crate::AccessPolicyError),
     /// The command line (merged with the site file's arguments) did not parse.
     #[error("invalid arguments (command line merged with the site file's `arguments`)")]
     Args(#[source] clap::Error),
@@ -152,9 +160,10 @@ pub struct HostConfig {
 /// One entry of a host's `agent-instances`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct InstanceConfig {
-    /// `agent-class`.
-    #[serde(rename = "agent-class")]
-    pub agent_class: String,
+    /// `agent-class`: optional, as in ocs (only needed to find the instance by class when
+    /// no `--instance-id` is given).
+    #[serde(rename = "agent-class", default)]
+    pub agent_class: Option<String>,
     /// `instance-id`.
     #[serde(rename = "instance-id")]
     pub instance_id: String,
@@ -249,8 +258,8 @@ impl SiteFile {
             })
     }
 
-    /// Finds the instance on `host`: by `instance_id` if given, else the only instance of
-    /// `agent_class`.
+    /// Finds the instance on `host`: by `instance_id` if given (whatever its class, as ocs),
+    /// else the only instance of `agent_class`.
     pub fn instance(
         &self,
         host: &str,
@@ -265,30 +274,24 @@ impl SiteFile {
             agent_class: agent_class.to_owned(),
         };
         match instance_id {
-            Some(id) => {
-                let inst = entry
-                    .agent_instances
-                    .iter()
-                    .find(|i| i.instance_id == id)
-                    .ok_or_else(no_instance)?;
-                if inst.agent_class != agent_class {
-                    return Err(SiteError::WrongClass {
-                        path: self.path.clone(),
-                        host: host_name.to_owned(),
-                        instance_id: id.to_owned(),
-                        found: inst.agent_class.clone(),
-                        agent_class: agent_class.to_owned(),
-                    });
-                }
-                Ok(inst)
-            }
+            // As ocs: the instance-id alone decides; its agent-class is not checked.
+            Some(id) => entry
+                .agent_instances
+                .iter()
+                .find(|i| i.instance_id == id)
+                .ok_or_else(no_instance),
             None => {
                 let mut of_class = entry
                     .agent_instances
                     .iter()
-                    .filter(|i| i.agent_class == agent_class);
+                    .filter(|i| i.agent_class.as_deref() == Some(agent_class));
                 match (of_class.next(), of_class.next()) {
                     (Some(only), None) => Ok(only),
+                    (Some(_), Some(_)) => Err(SiteError::AmbiguousClass {
+                        path: self.path.clone(),
+                        host: host_name.to_owned(),
+                        agent_class: agent_class.to_owned(),
+                    }),
                     _ => Err(no_instance()),
                 }
             }
@@ -368,11 +371,6 @@ mod tests {
             err.contains("site-default.yaml") && err.contains("localhost") && err.contains("nope1"),
             "{err}"
         );
-        let err = site
-            .instance("localhost", Some("registry"), "FakeDataAgent")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("RegistryAgent"), "{err}");
     }
 
     #[test]
@@ -387,6 +385,35 @@ mod tests {
             site.hosts["h"].agent_instances[0].arguments,
             ["--x", "1", "--f", "2.0", "--b", "True", "--g", "0.5"]
         );
+    }
+
+    #[test]
+    fn instances_are_found_as_ocs_finds_them() {
+        let site = SiteFile::parse(
+            Path::new("s.yaml"),
+            "hosts: {h: {agent-instances: [{instance-id: noclass},
+               {agent-class: B, instance-id: b1}, {agent-class: B, instance-id: b2},
+               {agent-class: C, instance-id: c1}]}}",
+        )
+        .unwrap();
+        // By instance-id: no agent-class needed, another class allowed.
+        assert_eq!(
+            site.instance("h", Some("noclass"), "A")
+                .unwrap()
+                .instance_id,
+            "noclass"
+        );
+        assert_eq!(
+            site.instance("h", Some("c1"), "A").unwrap().instance_id,
+            "c1"
+        );
+        assert_eq!(site.instance("h", None, "C").unwrap().instance_id, "c1");
+        let e = site.instance("h", None, "B").unwrap_err();
+        assert!(matches!(e, SiteError::AmbiguousClass { .. }), "{e}");
+        assert!(matches!(
+            site.instance("h", None, "A").unwrap_err(),
+            SiteError::NoInstance { .. }
+        ));
     }
 
     #[test]

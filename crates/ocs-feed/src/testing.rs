@@ -57,6 +57,9 @@ pub struct Crossbar {
     venv: PathBuf,
     /// Its loopback port.
     pub port: u16,
+    /// A second, TLS, port ([`Crossbar::start_with_tls`]).
+    pub tls_port: Option<u16>,
+    tls: Option<(PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
     child: std::sync::Mutex<Option<Child>>,
 }
@@ -73,16 +76,37 @@ pub fn shared_crossbar() -> Option<&'static Crossbar> {
 impl Crossbar {
     /// Starts a new router on a free loopback port; waits until it answers.
     pub fn start(venv: &Path) -> std::io::Result<Crossbar> {
+        Crossbar::start_inner(venv, None)
+    }
+
+    /// Like [`Crossbar::start`], with a second transport on [`Crossbar::tls_port`] that
+    /// speaks TLS with this certificate and key (PEM files); see [`Crossbar::wss_url`].
+    pub fn start_with_tls(
+        venv: &Path,
+        certificate: &Path,
+        key: &Path,
+    ) -> std::io::Result<Crossbar> {
+        Crossbar::start_inner(venv, Some((certificate.to_owned(), key.to_owned())))
+    }
+
+    fn start_inner(venv: &Path, tls: Option<(PathBuf, PathBuf)>) -> std::io::Result<Crossbar> {
         let dir = tempfile::tempdir()?;
         let cb = Crossbar {
             venv: venv.to_owned(),
             port: free_port(),
+            tls_port: tls.as_ref().map(|_| free_port()),
+            tls,
             dir,
             child: std::sync::Mutex::new(None),
         };
         cb.write_config()?;
         cb.spawn()?;
         Ok(cb)
+    }
+
+    /// The `wss://` URL of the TLS transport, if any.
+    pub fn wss_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("wss://127.0.0.1:{p}/ws"))
     }
 
     fn write_config(&self) -> std::io::Result<()> {
@@ -94,6 +118,20 @@ impl Crossbar {
         transport["endpoint"]["port"] = self.port.into();
         transport["endpoint"]["interface"] = "127.0.0.1".into();
         transport["paths"]["info"] = serde_json::json!({"type": "nodeinfo"});
+        if let (Some(port), Some((cert, key))) = (self.tls_port, &self.tls) {
+            let mut tls = transport.clone();
+            // WebSocket only: the HTTP bridge stays on the plain port.
+            tls["paths"] = serde_json::json!({"ws": transport["paths"]["ws"].clone()});
+            tls["endpoint"]["port"] = port.into();
+            tls["endpoint"]["tls"] = serde_json::json!({
+                "certificate": cert.to_string_lossy(),
+                "key": key.to_string_lossy(),
+            });
+            config["workers"][0]["transports"]
+                .as_array_mut()
+                .unwrap()
+                .push(tls);
+        }
         let cbdir = self.dir.path().join(".crossbar");
         std::fs::create_dir_all(&cbdir)?;
         std::fs::write(cbdir.join("config.json"), config.to_string())
@@ -411,6 +449,15 @@ impl Subscriber {
         })
         .await
         .unwrap_or_else(|_| panic!("no event on {topic} within {limit:?}"))
+    }
+
+    /// The next event on any topic, or `None` when none comes within `limit` or the
+    /// subscriber has ended.
+    pub async fn next_any(&mut self, limit: Duration) -> Option<Value> {
+        tokio::time::timeout(limit, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next event on `topic` (others are skipped), or `None` when none

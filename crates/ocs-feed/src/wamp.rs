@@ -40,6 +40,11 @@ const GOODBYE: u64 = 6;
 const ERROR: u64 = 8;
 const PUBLISH: u64 = 16;
 const PUBLISHED: u64 = 17;
+const SUBSCRIBE: u64 = 32;
+const SUBSCRIBED: u64 = 33;
+const EVENT: u64 = 36;
+const CALL: u64 = 48;
+const RESULT: u64 = 50;
 const REGISTER: u64 = 64;
 const REGISTERED: u64 = 65;
 const INVOCATION: u64 = 68;
@@ -102,6 +107,20 @@ pub(crate) enum Incoming {
         error: String,
         args: Vec<Value>,
     },
+    Subscribed {
+        request: u64,
+        subscription: u64,
+    },
+    Event {
+        subscription: u64,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    },
+    Result {
+        request: u64,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    },
     Goodbye {
         reason: String,
     },
@@ -124,6 +143,10 @@ impl Incoming {
         let list = |i: usize| match msg.get(i) {
             Some(Value::Array(a)) => a.clone(),
             _ => Vec::new(),
+        };
+        let object = |i: usize| match msg.get(i) {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
         };
         let parsed = match int(0) {
             Some(REGISTERED) => {
@@ -159,6 +182,24 @@ impl Incoming {
                         args: list(5),
                     })
             }
+            Some(SUBSCRIBED) => {
+                int(1)
+                    .zip(int(2))
+                    .map(|(request, subscription)| Incoming::Subscribed {
+                        request,
+                        subscription,
+                    })
+            }
+            Some(EVENT) => int(1).map(|subscription| Incoming::Event {
+                subscription,
+                args: list(4),
+                kwargs: object(5),
+            }),
+            Some(RESULT) => int(1).map(|request| Incoming::Result {
+                request,
+                args: list(3),
+                kwargs: object(4),
+            }),
             Some(GOODBYE) => string(2).map(|reason| Incoming::Goodbye { reason }),
             Some(ABORT) => string(2).map(|reason| Incoming::Abort { reason }),
             _ => None,
@@ -171,9 +212,29 @@ impl Incoming {
 pub(crate) mod msg {
     use super::*;
 
-    /// HELLO: anonymous, roles callee and publisher only.
+    /// HELLO: anonymous, the four roles an ocs agent has (autobahn's order).
     pub(crate) fn hello(realm: &str) -> Value {
-        json!([HELLO, realm, {"roles": {"callee": {"features": {}}, "publisher": {"features": {}}}}])
+        json!([HELLO, realm, {"roles": {
+            "subscriber": {"features": {"pattern_based_subscription": true}},
+            "publisher": {"features": {}},
+            "caller": {"features": {}},
+            "callee": {"features": {}},
+        }}])
+    }
+
+    /// SUBSCRIBE; `options` e.g. `{}` or `{"match": "prefix"}`.
+    pub(crate) fn subscribe(request: u64, topic: &str, options: &Value) -> Value {
+        json!([SUBSCRIBE, request, options, topic])
+    }
+
+    /// CALL with positional and keyword arguments.
+    pub(crate) fn call(
+        request: u64,
+        procedure: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+    ) -> Value {
+        json!([CALL, request, {}, procedure, args, kwargs])
     }
 
     /// REGISTER with options `{}`: exact match, single callee (spec §3).
@@ -216,12 +277,14 @@ impl Connection {
     /// Opens the WebSocket with subprotocol `wamp.2.json` and joins `realm` anonymously as
     /// callee and publisher. The whole handshake must finish within `timeout`: a stopped router
     /// whose kernel still accepts connections must not hang the caller.
+    /// `wss://` URLs use TLS with the system's roots, plus `tls`'s (a private CA) if given.
     pub(crate) async fn join(
         url: &str,
         realm: &str,
         timeout: Duration,
+        tls: Option<&native_tls::TlsConnector>,
     ) -> Result<Connection, WampError> {
-        tokio::time::timeout(timeout, Self::join_inner(url, realm, timeout))
+        tokio::time::timeout(timeout, Self::join_inner(url, realm, timeout, tls))
             .await
             .map_err(|_| WampError::Timeout(timeout))?
     }
@@ -230,6 +293,7 @@ impl Connection {
         url: &str,
         realm: &str,
         send_timeout: Duration,
+        tls: Option<&native_tls::TlsConnector>,
     ) -> Result<Connection, WampError> {
         let connect_err = |source| WampError::Connect {
             url: url.to_owned(),
@@ -241,9 +305,11 @@ impl Connection {
             HeaderValue::from_static(SUBPROTOCOL),
         );
         // Small WAMP messages must not wait for Nagle (with delayed ACKs that is 40 ms each).
-        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(connect_err)?;
+        let connector = tls.map(|t| tokio_tungstenite::Connector::NativeTls(t.clone()));
+        let (ws, response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await
+                .map_err(connect_err)?;
         let accepted = response
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -302,6 +368,29 @@ impl Connection {
     pub(crate) async fn register(&mut self, procedure: &str) -> Result<u64, WampError> {
         let id = self.request_id();
         self.send(msg::register(id, procedure)).await?;
+        Ok(id)
+    }
+
+    /// Sends SUBSCRIBE; returns the request id (SUBSCRIBED or ERROR answers it).
+    pub(crate) async fn subscribe(
+        &mut self,
+        topic: &str,
+        options: &Value,
+    ) -> Result<u64, WampError> {
+        let id = self.request_id();
+        self.send(msg::subscribe(id, topic, options)).await?;
+        Ok(id)
+    }
+
+    /// Sends CALL; returns the request id (RESULT or ERROR answers it).
+    pub(crate) async fn call(
+        &mut self,
+        procedure: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+    ) -> Result<u64, WampError> {
+        let id = self.request_id();
+        self.send(msg::call(id, procedure, args, kwargs)).await?;
         Ok(id)
     }
 

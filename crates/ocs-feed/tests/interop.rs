@@ -535,3 +535,210 @@ async fn startup_ops_start_once_on_first_join_with_their_params() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Feed messages in flight when the router hangs may or may not have been delivered; after
+/// the reconnect none is published again (a recorded feed feeds the aggregator and InfluxDB):
+/// a subscriber sees each at most once, and the unacknowledged ones are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_router_is_lost_are_never_published_twice() {
+    let Some(cb) = own_crossbar().await else {
+        return;
+    };
+    let venv = support::venv().unwrap();
+    let (agent, shutdown, task) = start_agent(&cb.ws_url(), "example-once").await;
+    let feed_topic = format!("{ROOT}.example-once.feeds.counts");
+    let mut sub = Subscriber::start(&venv, &cb.ws_url(), std::slice::from_ref(&feed_topic)).await;
+    cb.pause();
+    // Sent at once (the connection still looks fine), never acknowledged.
+    const N: u64 = 50;
+    for i in 0..N {
+        agent.publish_to_feed("counts", count_sample(i)).unwrap();
+    }
+    let a = agent.clone();
+    wait_for("the watchdog", Duration::from_secs(15), move || {
+        !a.is_connected()
+    })
+    .await;
+    cb.resume();
+    let a = agent.clone();
+    wait_for("the agent to rejoin", Duration::from_secs(20), move || {
+        a.is_connected()
+    })
+    .await;
+    agent.publish_to_feed("counts", count_sample(1000)).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let ev = sub.next_on(&feed_topic, Duration::from_secs(10)).await;
+        let i = ev["args"][0][0]["counts"]["data"]["count"][0]
+            .as_u64()
+            .unwrap();
+        if i == 1000 {
+            break;
+        }
+        seen.push(i);
+    }
+    let unique: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a message was published twice: {seen:?}"
+    );
+    let stats = agent.feed_stats();
+    // Acknowledged ones were delivered; unconfirmed ones perhaps.
+    assert!(
+        seen.len() as u64 >= N - stats.unconfirmed,
+        "{stats:?} {seen:?}"
+    );
+    assert!(
+        stats.unconfirmed > 0,
+        "the test did not hang the router mid-flight: {stats:?}"
+    );
+    eprintln!(
+        "{} delivered, {} unconfirmed: {stats:?}",
+        seen.len(),
+        stats.unconfirmed
+    );
+    sub.stop().await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the `openssl` command; returns
+/// (CA, server certificate, server key).
+fn make_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command (apt install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pysmurf test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// A `wss://` router signed by a private CA: with the CA (`--site-ca-file`) the agent joins
+/// and an autobahn client on the plain port sees its heartbeat; without it the TLS handshake
+/// is refused and the agent keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_router_with_a_private_ca() {
+    let Some(venv) = support::venv() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let cb = tokio::task::spawn_blocking(move || Crossbar::start_with_tls(&venv, &cert, &key))
+        .await
+        .unwrap()
+        .expect("crossbar with TLS");
+    let url = cb.wss_url().unwrap();
+
+    // Without the CA: no join.
+    let untrusted =
+        example::build_agent(SiteConfig::new(&url, REALM, ROOT, "tls-untrusted")).unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (a, t) = (untrusted.clone(), token.clone());
+        async move { a.run(t).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!untrusted.is_connected(), "joined without trusting the CA");
+    token.cancel();
+    task.await.unwrap().unwrap();
+
+    // With it.
+    let mut site = SiteConfig::new(&url, REALM, ROOT, "tls-trusted");
+    site.ca_file = Some(ca);
+    let agent = example::build_agent(site).unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (a, t) = (agent.clone(), token.clone());
+        async move { a.run(t).await }
+    });
+    let a = agent.clone();
+    wait_for(
+        "the agent to join over TLS",
+        Duration::from_secs(20),
+        move || a.is_connected(),
+    )
+    .await;
+    let hb_topic = format!("{ROOT}.tls-trusted.feeds.heartbeat");
+    let mut sub = Subscriber::start(
+        &support::venv().unwrap(),
+        &cb.ws_url(),
+        std::slice::from_ref(&hb_topic),
+    )
+    .await;
+    let hb = sub.next_on(&hb_topic, Duration::from_secs(5)).await;
+    assert_eq!(hb["args"][0][1]["agent_address"], "observatory.tls-trusted");
+    sub.stop().await;
+    token.cancel();
+    task.await.unwrap().unwrap();
+
+    // A CA file that is not one is refused before connecting.
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").unwrap();
+    let mut site = SiteConfig::new(&url, REALM, ROOT, "tls-bad");
+    site.ca_file = Some(bad);
+    let err = example::build_agent(site)
+        .unwrap()
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Tls { .. }), "{err}");
+}
