@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use files_db::{CreateOutcome, FilesDb};
-use ocs_feed::{Agent, AgentError, OpError, OpOptions, Params};
+use ocs_feed::{Agent, AgentError, OpError, OpOptions, Param, ParamType, Params};
 use serde_json::{json, Value};
 
 use crate::pipeline::DEGRADED_SPOOL_DEPTH;
@@ -76,6 +76,8 @@ pub(crate) fn register(
          test_mode (bool, optional): stop once every registration received so far is \
          processed (committed or dead-lettered). Meant for testing. Default is False.",
     );
+    // As socs 0.6.4's `@ocs_agent.param('test_mode', default=False, type=bool)`.
+    let run_options = run_options.param(Param::new("test_mode").default(false).ty(ParamType::Bool));
     // socs's --test-mode: `run` is not started at startup.
     let run_options = if test_mode {
         run_options
