@@ -60,9 +60,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (agent, shutdown) = (agent.clone(), shutdown.clone());
         async move { agent.run(shutdown).await }
     });
-    monitor
-        .run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown)
+    let pipeline = monitor
+        .run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown.clone())
         .await;
+    // A pipeline that failed stops the agent too; the error is the exit's.
+    shutdown.cancel();
     agent_task.await??;
+    pipeline?;
     Ok(())
 }

@@ -232,6 +232,9 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         .working_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
+    // First: a port another process has is a refusal to start, before anything else.
+    let udp_addr = SocketAddr::new(args.udp_host, args.udp_port);
+    let socket = bind_udp(udp_addr).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
     let target = match &args.db_path {
         Some(path) => DbTarget::suprsync(path, args.echo_sql),
         None => DbTarget::resolve(
@@ -252,8 +255,6 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         }
     }
 
-    let udp_addr = SocketAddr::new(args.udp_host, args.udp_port);
-    let socket = bind_udp(udp_addr).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
     let spool_dir = args
         .spool_dir
         .clone()
@@ -298,11 +299,14 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
             result
         })
     };
-    monitor.run(socket, shutdown).await;
-    agent_task
-        .await
-        .context("the OCS agent task failed")?
-        .context("OCS agent")?;
+    let pipeline = monitor.run(socket, shutdown.clone()).await;
+    // A pipeline that stopped on its own stops the agent too, and the process
+    // exits non-zero so that systemd or docker restarts it.
+    shutdown.cancel();
+    let agent = agent_task.await.context("the OCS agent task failed")?;
+    pipeline
+        .context("the pipeline stopped (what it held is in the spool); exiting to be restarted")?;
+    agent.context("OCS agent")?;
     Ok(())
 }
 

@@ -59,18 +59,17 @@ impl DeadLetters {
     }
 
     /// Appends `letter` as one line, written to the OS before returning.
+    /// Blocking file I/O: async code goes through the pipeline's writer
+    /// thread instead.
     pub fn record(&self, letter: &DeadLetter<'_>) -> Result<(), DeadLetterError> {
-        let datagram = serde_json::from_slice::<Value>(letter.datagram)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(letter.datagram).into()));
-        let mut line = json!({
-            "dead_at": epoch_seconds(SystemTime::now()),
-            "reason": letter.reason,
-            "sender": letter.sender.to_string(),
-            "received_at": epoch_seconds(letter.received_at),
-            "datagram": datagram,
-        })
-        .to_string();
-        line.push('\n');
+        self.append(&line_of(letter))?;
+        log_moved(&self.path, &letter.reason);
+        Ok(())
+    }
+
+    /// Appends `text` (whole lines), creating the file and its directory
+    /// on first use.
+    fn append(&self, text: &str) -> Result<(), DeadLetterError> {
         let fail = |source| DeadLetterError {
             path: self.path.clone(),
             source,
@@ -91,13 +90,136 @@ impl DeadLetters {
             *guard = Some(file);
         }
         let file = guard.as_mut().expect("opened above");
-        file.write_all(line.as_bytes()).map_err(fail)?;
-        tracing::warn!(
-            path = %self.path.display(),
-            reason = %letter.reason,
-            "registration moved to the dead-letter file"
-        );
-        Ok(())
+        file.write_all(text.as_bytes()).map_err(fail)
+    }
+}
+
+/// `letter` as its JSON line, newline included.
+fn line_of(letter: &DeadLetter<'_>) -> String {
+    let datagram = serde_json::from_slice::<Value>(letter.datagram)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(letter.datagram).into()));
+    let mut line = json!({
+        "dead_at": epoch_seconds(SystemTime::now()),
+        "reason": letter.reason,
+        "sender": letter.sender.to_string(),
+        "received_at": epoch_seconds(letter.received_at),
+        "datagram": datagram,
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+fn log_moved(path: &Path, reason: &str) {
+    tracing::warn!(
+        path = %path.display(),
+        reason,
+        "registration moved to the dead-letter file"
+    );
+}
+
+/// Letters waiting for the writer thread; when full, the stages that
+/// dead-letter wait.
+const WRITER_QUEUE: usize = 1024;
+
+/// Most letters the writer appends with one write.
+const WRITER_GROUP: usize = 256;
+
+/// A dead letter handed to the [`DeadLetterWriter`].
+pub(crate) struct Letter {
+    pub(crate) reason: String,
+    pub(crate) sender: SocketAddr,
+    pub(crate) received_at: SystemTime,
+    pub(crate) datagram: Arc<[u8]>,
+}
+
+/// Writes [`DeadLetters`] from a thread of its own, so that no async stage
+/// ever blocks on creating directories, opening or appending to the file.
+/// [`DeadLetterWriter::write`] returns once the letter is written (or its
+/// write failed, logged): a caller that acks the registration's spool
+/// record after it keeps the rule that a registration leaves the spool only
+/// once it is committed or dead-lettered. Letters queued together are
+/// appended with one write. The thread ends when the writer is dropped.
+pub(crate) struct DeadLetterWriter {
+    queue: tokio::sync::mpsc::Sender<Job>,
+}
+
+/// A letter to write (`None`: only report when everything before is
+/// written) and whom to tell when it is.
+type Job = (Option<Letter>, Option<tokio::sync::oneshot::Sender<bool>>);
+
+impl DeadLetterWriter {
+    /// Starts the writer thread for `letters`.
+    pub(crate) fn start(letters: DeadLetters) -> std::io::Result<Self> {
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<Job>(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("dead-letters".into())
+            .spawn(move || {
+                while let Some(first) = jobs.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < WRITER_GROUP {
+                        match jobs.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let letters_of_group = || group.iter().filter_map(|(letter, _)| letter.as_ref());
+                    let text: String = letters_of_group()
+                        .map(|letter| {
+                            line_of(&DeadLetter {
+                                reason: letter.reason.clone(),
+                                sender: letter.sender,
+                                received_at: letter.received_at,
+                                datagram: &letter.datagram,
+                            })
+                        })
+                        .collect();
+                    let written = match letters.append(&text) {
+                        Ok(()) => {
+                            for letter in letters_of_group() {
+                                log_moved(&letters.path, &letter.reason);
+                            }
+                            true
+                        }
+                        Err(err) => {
+                            for letter in letters_of_group() {
+                                tracing::error!(error = %err, reason = %letter.reason, "dead letter lost");
+                            }
+                            false
+                        }
+                    };
+                    for (_, done) in group {
+                        if let Some(done) = done {
+                            let _ = done.send(written);
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Writes `letter`; returns once it is written (`true`) or its write
+    /// failed (`false`, logged).
+    pub(crate) async fn write(&self, letter: Letter) -> bool {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.queue.send((Some(letter), Some(done))).await.is_err() {
+            return false;
+        }
+        written.await.unwrap_or(false)
+    }
+
+    /// Returns once every letter queued before is written (or lost).
+    pub(crate) async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.queue.send((None, Some(done))).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// Queues `letter` without waiting for it to be written: for a datagram
+    /// that has no spool record to ack.
+    pub(crate) async fn write_later(&self, letter: Letter) {
+        let _ = self.queue.send((Some(letter), None)).await;
     }
 }
 
@@ -144,6 +266,93 @@ mod tests {
         assert_eq!(lines[0]["datagram"]["payload"]["path"], "/x");
         assert_eq!(lines[0]["sender"], "127.0.0.1:5000");
         assert_eq!(lines[1]["datagram"], "\u{fffd}not json");
+    }
+
+    fn letter(reason: &str) -> Letter {
+        Letter {
+            reason: reason.into(),
+            sender: "127.0.0.1:5000".parse().unwrap(),
+            received_at: UNIX_EPOCH,
+            datagram: Arc::from(&br#"{"id":"p","type":"data_file","payload":{"path":"/x"}}"#[..]),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_has_written_a_letter_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dead_letters.jsonl");
+        let writer = DeadLetterWriter::start(DeadLetters::new(&path)).unwrap();
+        assert!(writer.write(letter("first")).await);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        writer.write_later(letter("second")).await;
+        writer.write_later(letter("third")).await;
+        writer.flush().await;
+        let lines: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let reasons: Vec<&str> = lines
+            .iter()
+            .map(|l| l["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons, ["first", "second", "third"]);
+        assert_eq!(lines[2]["datagram"]["payload"]["path"], "/x");
+    }
+
+    #[tokio::test]
+    async fn the_writer_reports_a_letter_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let writer =
+            DeadLetterWriter::start(DeadLetters::new(dir.path().join("file/d.jsonl"))).unwrap();
+        assert!(!writer.write(letter("x")).await);
+    }
+
+    /// A dead-letter file that blocks (here a FIFO nobody reads yet, as a
+    /// hung NFS mount would) never blocks the async stages: on a
+    /// single-threaded runtime another task still runs while the letter
+    /// waits, and the letter is written once the file takes it.
+    #[tokio::test]
+    async fn a_blocking_dead_letter_file_never_blocks_the_async_runtime() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("dead_letters.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let mut line = String::new();
+                std::io::BufReader::new(std::fs::File::open(&fifo).unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                line
+            }
+        });
+        let writer = DeadLetterWriter::start(DeadLetters::new(&fifo)).unwrap();
+        let written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let written = written.clone();
+            async move {
+                let ok = writer.write(letter("blocked")).await;
+                written.store(true, std::sync::atomic::Ordering::SeqCst);
+                ok
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !written.load(std::sync::atomic::Ordering::SeqCst),
+            "the runtime was blocked until the file took the letter"
+        );
+        assert!(task.await.unwrap());
+        let line: Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+        assert_eq!(line["reason"], "blocked");
     }
 
     #[test]

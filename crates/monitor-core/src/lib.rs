@@ -33,7 +33,8 @@
 //!
 //! let shutdown = CancellationToken::new();
 //! tokio::spawn({ let (agent, shutdown) = (agent.clone(), shutdown.clone()); async move { agent.run(shutdown).await } });
-//! monitor.run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown).await;
+//! // Err when the pipeline stopped on its own (e.g. the socket failed): exit non-zero.
+//! monitor.run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -62,6 +63,7 @@
 //! ```
 
 mod dead_letter;
+mod fault;
 mod guard;
 mod hasher;
 mod ops;
@@ -75,7 +77,8 @@ pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
 pub use guard::{AllowList, IpNet, IpNetParseError};
 pub use hasher::{FileHasher, HashError, WaitPolicy};
 pub use pipeline::{
-    Monitor, MonitorError, PipelineOptions, DEGRADED_SPOOL_DEPTH, SESSION_FEED, STATS_FEED,
+    Monitor, MonitorError, PipelineError, PipelineOptions, DEGRADED_SPOOL_DEPTH, SESSION_FEED,
+    STATS_FEED,
 };
 pub use registration::{file_row, registered_path, Recorder};
 pub use socket::{bind_udp, RECEIVE_BUFFER_BYTES};

@@ -71,10 +71,11 @@ pub(crate) fn register(
     )?;
     let run_options = OpOptions::new().doc(
         "run(test_mode=False)\n\n**Process** - Reports the monitor's counters in session.data \
-         every second and sets degraded while the database fails or the spool grows. The \
-         monitor records files whether or not this process runs.\n\nParameters:\n    \
-         test_mode (bool, optional): stop once every registration received so far is \
-         processed (committed or dead-lettered). Meant for testing. Default is False.",
+         every second and sets degraded while the database fails, the spool grows or the \
+         pipeline has stopped (session.data.pipeline_error says why). The monitor records \
+         files whether or not this process runs.\n\nParameters:\n    test_mode (bool, \
+         optional): stop once every registration received so far is processed (committed or \
+         dead-lettered). Meant for testing. Default is False.",
     );
     // As socs 0.6.4's `@ocs_agent.param('test_mode', default=False, type=bool)`.
     let run_options = run_options.param(Param::new("test_mode").default(false).ty(ParamType::Bool));
@@ -89,14 +90,23 @@ pub(crate) fn register(
         let pending = pending.clone();
         async move {
             let test_mode = bool_param(&params, "test_mode", false)?;
+            let mut reported_failure = false;
             let mut next_report = tokio::time::Instant::now();
             loop {
                 if tokio::time::Instant::now() >= next_report || test_mode {
                     let data = stats.session_data();
                     let spool_depth = data.get("spool_depth").and_then(Value::as_u64).unwrap_or(0);
-                    session
-                        .set_degraded(!stats.database_up() || spool_depth > DEGRADED_SPOOL_DEPTH);
+                    let failure = stats.pipeline_error();
+                    session.set_degraded(
+                        !stats.database_up()
+                            || spool_depth > DEGRADED_SPOOL_DEPTH
+                            || failure.is_some(),
+                    );
                     session.set_data(Value::Object(data));
+                    if let (Some(reason), false) = (failure, reported_failure) {
+                        session.add_message(format!("pipeline stopped: {reason}"));
+                        reported_failure = true;
+                    }
                     next_report = tokio::time::Instant::now() + RUN_REFRESH;
                 }
                 if test_mode && pending() == 0 && stats.database_up() {
@@ -113,6 +123,10 @@ pub(crate) fn register(
                 tokio::select! {
                     _ = session.stopped() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    // A failure shows at once, not up to a second later.
+                    _ = stats.pipeline_failed.notified() => {
+                        next_report = tokio::time::Instant::now();
+                    }
                 }
             }
             Ok("Monitor reports stopped; files are still recorded.".to_owned())

@@ -69,8 +69,17 @@ pub struct MonitorStats {
     pub(crate) spool_errors: AtomicU64,
     pub(crate) database_up: AtomicBool,
     pub(crate) spool_depth: AtomicU64,
+    /// Datagrams read from the socket and not yet through the spool stage
+    /// (or routed elsewhere): what a `kill -9` would lose now.
+    unspooled: AtomicU64,
+    /// The highest `unspooled` since start.
+    unspooled_peak: AtomicU64,
     last_file: Mutex<Option<String>>,
     last_database_error: Mutex<Option<String>>,
+    /// Why the pipeline stopped on its own (`None` while it runs).
+    pipeline_error: Mutex<Option<String>>,
+    /// Wakes whoever shows the state (the `run` op) when the pipeline fails.
+    pub(crate) pipeline_failed: tokio::sync::Notify,
 }
 
 impl MonitorStats {
@@ -96,6 +105,34 @@ impl MonitorStats {
     /// Whether the last database operation succeeded.
     pub fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Why the pipeline stopped on its own, if it did: the monitor is then
+    /// draining what it holds to the spool and about to exit non-zero.
+    pub fn pipeline_error(&self) -> Option<String> {
+        self.pipeline_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_pipeline_error(&self, reason: String) {
+        *self
+            .pipeline_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.pipeline_failed.notify_waiters();
+    }
+
+    /// `count` datagrams read from the socket, not yet spooled.
+    pub(crate) fn unspooled_add(&self, count: u64) {
+        let now = self.unspooled.fetch_add(count, Ordering::Relaxed) + count;
+        self.unspooled_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// `count` of them spooled, or routed elsewhere (not registrations).
+    pub(crate) fn unspooled_sub(&self, count: u64) {
+        self.unspooled.fetch_sub(count, Ordering::Relaxed);
     }
 
     pub(crate) fn set_last_file(&self, path: &str) {
@@ -138,10 +175,13 @@ impl MonitorStats {
             ("feed_errors", &self.feed_errors),
             ("other_messages", &self.other_messages),
             ("spool_errors", &self.spool_errors),
+            ("unspooled", &self.unspooled),
+            ("unspooled_peak", &self.unspooled_peak),
         ] {
             map.insert(name.into(), json!(load(counter)));
         }
         map.insert("database_up".into(), json!(self.database_up()));
+        map.insert("pipeline_up".into(), json!(self.pipeline_error().is_none()));
         map
     }
 
@@ -161,6 +201,7 @@ impl MonitorStats {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         map.insert("last_database_error".into(), json!(error));
+        map.insert("pipeline_error".into(), json!(self.pipeline_error()));
         map
     }
 }
@@ -189,5 +230,11 @@ mod tests {
         assert_eq!(data["database_up"], false);
         assert_eq!(data["last_database_error"], "gone");
         assert_eq!(data["last_file_registered"], "/data/a.npy");
+        assert_eq!(data["pipeline_up"], true);
+        assert_eq!(data["pipeline_error"], Value::Null);
+        stats.set_pipeline_error("the router stage panicked".into());
+        let data = stats.session_data();
+        assert_eq!(data["pipeline_up"], false);
+        assert_eq!(data["pipeline_error"], "the router stage panicked");
     }
 }

@@ -23,7 +23,7 @@ struct Running {
     stats: Arc<MonitorStats>,
     publisher: Publisher,
     shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), monitor_core::PipelineError>>,
 }
 
 impl Running {
@@ -81,7 +81,7 @@ impl Running {
     /// Stops the monitor and checks nothing was left or dead-lettered.
     async fn stop(mut self) {
         self.shutdown.cancel();
-        (&mut self.task).await.unwrap();
+        (&mut self.task).await.unwrap().unwrap();
         assert_eq!(self.counter("spool_depth"), 0);
         assert_eq!(self.stats.dead_letters(), 0);
     }

@@ -26,6 +26,7 @@ pub(super) async fn batch_stage(
                 Ok(_) => {}
             }
         }
+        crate::fault::stage_item("batcher");
         if !commit(&shared, &mut batch, &drain).await {
             break;
         }
@@ -48,13 +49,21 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
         for (hashed, fate) in batch.drain(..).zip(fates) {
             match fate {
                 Fate::Pending => unsettled.push(hashed),
+                Fate::Uncertain => {
+                    // The commit may have happened with its answer lost: the
+                    // retry must not write these rows a second time.
+                    let mut hashed = hashed;
+                    hashed.registration.replayed = true;
+                    unsettled.push(hashed);
+                }
                 Fate::Committed => settled.extend(hashed.registration.spool_id),
                 Fate::Rejected(reason) => {
                     dead_letter(
                         shared,
                         &hashed.registration.received,
                         format!("rejected by the database: {reason}"),
-                    );
+                    )
+                    .await;
                     settled.extend(hashed.registration.spool_id);
                 }
             }
@@ -82,13 +91,6 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
             }
         }
         if err.kind() == FailureKind::Unreachable {
-            // The failed attempt may have committed before its answer was
-            // lost (a node killed between COMMIT and OK): its retry, possibly
-            // on another node, skips rows already stored, as a replay does.
-            // (Minimal stand-in for issue #14 point 6's retry de-duplication.)
-            for hashed in batch.iter_mut() {
-                hashed.registration.replayed = true;
-            }
             // Retried as soon as a cheap probe finds the database (or another
             // of its nodes) taking writes again.
             if !wait_until_reachable(shared, first_probe, drain).await {
@@ -127,6 +129,10 @@ async fn wait_until_reachable(shared: &Shared, first: Duration, drain: &Cancella
 enum Fate {
     /// Not written yet (the database failed before its turn).
     Pending,
+    /// Written by the transaction that failed without a rejection (e.g. the
+    /// connection broke): committed or not, nobody knows, since a commit
+    /// whose answer is lost has still happened.
+    Uncertain,
     /// In the table.
     Committed,
     /// Refused by the database, with its message.
@@ -158,13 +164,17 @@ async fn insert_isolating_rejects(
                 ranges.push(middle..range.end);
                 ranges.push(range.start..middle);
             }
-            Err(err) => return (fates, Some(err)),
+            Err(err) => {
+                range.for_each(|i| fates[i] = Fate::Uncertain);
+                return (fates, Some(err));
+            }
         }
     }
     (fates, None)
 }
 
-/// One transaction; replayed rows skip what an earlier run committed.
+/// One transaction; replayed rows (and rows of an attempt whose outcome is
+/// unknown) skip what is already committed.
 async fn insert(shared: &Shared, hashed: &[Hashed]) -> Result<(), files_db::DbError> {
     let rows: Vec<FileRow> = hashed.iter().map(|h| h.row.clone()).collect();
     let stats = &shared.stats;

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{epoch_seconds, DeadLetter, DeadLetters};
+use crate::dead_letter::{epoch_seconds, DeadLetterWriter, DeadLetters, Letter};
 use crate::guard::{AllowList, LogLimiter};
 use crate::hasher::{FileHasher, WaitPolicy};
 use crate::registration::{file_row, registered_path, Recorder};
@@ -134,6 +134,9 @@ pub enum MonitorError {
     /// A data root does not exist or cannot be resolved.
     #[error("unusable data root")]
     DataRoot(#[source] std::io::Error),
+    /// The dead-letter writer's thread could not be started.
+    #[error("cannot start the dead-letter writer thread")]
+    DeadLetterWriter(#[source] std::io::Error),
     /// A feed could not be registered on the agent.
     #[error("cannot register feed")]
     Feed(#[from] ocs_feed::FeedError),
@@ -147,6 +150,28 @@ pub enum MonitorError {
         value: String,
         /// The column's size.
         max: usize,
+    },
+}
+
+/// Why the pipeline stopped on its own: [`Monitor::run`]'s error. The
+/// process should exit non-zero so that its service manager restarts it;
+/// what the pipeline held is in the spool by then.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The receiver's thread or runtime could not be started.
+    #[error("cannot start the UDP receiver: {0}")]
+    ReceiverStart(#[source] std::io::Error),
+    /// The UDP socket failed: nothing more can be received on it.
+    #[error("the UDP socket failed, nothing more can be received: {0}")]
+    Socket(#[source] std::io::Error),
+    /// A stage panicked (a bug; the panic's message is kept).
+    #[error("the {stage} stage panicked: {message}")]
+    Panicked {
+        /// `receiver`, `router`, `spooler`, `hasher`, `batcher` or `stats`.
+        stage: &'static str,
+        /// The panic's message.
+        message: String,
     },
 }
 
@@ -164,13 +189,67 @@ struct Shared {
     agent: Option<Agent>,
     recorder: Recorder,
     spool: Spool,
-    dead_letters: DeadLetters,
+    dead_letters: DeadLetterWriter,
     hasher: FileHasher,
     options: PipelineOptions,
     stats: Arc<MonitorStats>,
     limiter: LogLimiter,
     /// `<stream-id>_meta` feeds registered so far.
     metadata_feeds: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Stops the receiver: cancelled by the caller's shutdown or by a
+    /// failure of the pipeline itself.
+    stop: CancellationToken,
+    /// The first failure of the pipeline ([`Shared::fail`]).
+    failure: std::sync::Mutex<Option<PipelineError>>,
+}
+
+impl Shared {
+    /// The pipeline cannot go on: keeps the first reason, shows it (log,
+    /// `run` session) and stops receiving; the stages then drain to the
+    /// spool as at a shutdown and [`Monitor::run`] returns the error.
+    fn fail(&self, failure: PipelineError) {
+        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::error!(
+                reason = %failure,
+                "pipeline failed: draining what it holds to the spool, then exiting \
+                 non-zero so that the service manager restarts the monitor"
+            );
+            self.stats.set_pipeline_error(failure.to_string());
+            *first = Some(failure);
+        }
+        drop(first);
+        self.stop.cancel();
+    }
+}
+
+/// Runs `stage` as a task tracked by `tracker`; a panic in it fails the
+/// pipeline ([`PipelineError::Panicked`]) instead of going unseen.
+fn supervise(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    stage: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let inner = tokio::spawn(task);
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        if let Err(err) = inner.await {
+            if err.is_panic() {
+                let message = panic_message(err.into_panic().as_ref());
+                shared.fail(PipelineError::Panicked { stage, message });
+            }
+        }
+    });
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// A datagram as the receiver hands it on.
@@ -188,8 +267,9 @@ struct Registration {
     received: Received,
     envelope: Envelope,
     file: FilePayload,
-    /// Replayed from an earlier run, or in an insert that failed without
-    /// an answer: its row may already be committed.
+    /// Its row may already be committed: replayed from an earlier run, or
+    /// written by an attempt that failed without an answer (a lost commit
+    /// reply). Such rows go through the de-duplicating insert.
     replayed: bool,
     /// Its place among the registrations held in memory, given back when
     /// it is dropped (settled, or waiting for its file on a waiting slot).
@@ -244,6 +324,9 @@ impl Monitor {
             agent.register_feed(SESSION_FEED, FeedOptions::default())?;
             agent.register_feed(STATS_FEED, FeedOptions::recorded(json!({}), 0.0))?;
         }
+        let dead_letters =
+            DeadLetterWriter::start(DeadLetters::new(spool_dir.join("dead_letters.jsonl")))
+                .map_err(MonitorError::DeadLetterWriter)?;
         let stats = Arc::new(MonitorStats::default());
         // Up until an operation says otherwise: `run` must not start degraded.
         stats.set_database_error(None);
@@ -253,12 +336,14 @@ impl Monitor {
                 agent,
                 recorder,
                 spool,
-                dead_letters: DeadLetters::new(spool_dir.join("dead_letters.jsonl")),
+                dead_letters,
                 hasher,
                 options,
                 stats,
                 limiter: LogLimiter::default(),
                 metadata_feeds: Default::default(),
+                stop: CancellationToken::new(),
+                failure: Default::default(),
             }),
         })
     }
@@ -322,8 +407,30 @@ impl Monitor {
     /// Runs until `shutdown` is cancelled: replays the spool, then receives
     /// on `socket`. Returns once every stage has drained (bounded by
     /// [`PipelineOptions::drain_timeout`] after the cancel).
-    pub async fn run(self, socket: UdpSocket, shutdown: CancellationToken) {
+    ///
+    /// If the pipeline cannot go on (the receiver cannot start, the socket
+    /// fails, a stage panics), it stops receiving as if `shutdown` were
+    /// cancelled, drains what it holds to the spool, and returns the first
+    /// such failure; meanwhile [`MonitorStats::pipeline_error`] (and the
+    /// `run` session, degraded) says why. `shutdown` itself is left alone:
+    /// the caller decides what else to stop. A process should then exit
+    /// non-zero so that its service manager restarts it.
+    pub async fn run(
+        self,
+        socket: UdpSocket,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
         let shared = self.shared;
+        let stop = shared.stop.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
         let tracker = TaskTracker::new();
         // Stages after the receiver keep going after `shutdown` until their
         // input closes, or until `drain` fires when the drain timeout is over.
@@ -333,24 +440,43 @@ impl Monitor {
         let (spool_tx, spool_rx) = mpsc::channel(TO_SPOOL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(TO_BATCH_CAPACITY);
 
-        tracker.spawn(batch_stage(shared.clone(), batch_rx, drain.clone()));
+        supervise(
+            &tracker,
+            &shared,
+            "batcher",
+            batch_stage(shared.clone(), batch_rx, drain.clone()),
+        );
         // Also replays what an earlier run left in the spool.
-        tracker.spawn(spool_stage(
-            shared.clone(),
-            spool_rx,
-            batch_tx,
-            tracker.clone(),
-            drain.clone(),
-        ));
-        tracker.spawn(route_stage(shared.clone(), received_rx, spool_tx));
-        tracker.spawn(stats_stage(shared.clone(), shutdown.clone()));
-        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, shutdown.clone()) {
-            tracing::error!(error = %err, "cannot start the UDP receiver; stopping");
-            shutdown.cancel();
+        supervise(
+            &tracker,
+            &shared,
+            "spooler",
+            spool_stage(
+                shared.clone(),
+                spool_rx,
+                batch_tx,
+                tracker.clone(),
+                drain.clone(),
+            ),
+        );
+        supervise(
+            &tracker,
+            &shared,
+            "router",
+            route_stage(shared.clone(), received_rx, spool_tx),
+        );
+        supervise(
+            &tracker,
+            &shared,
+            "stats",
+            stats_stage(shared.clone(), stop.clone()),
+        );
+        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, stop.clone()) {
+            shared.fail(PipelineError::ReceiverStart(err));
         }
         tracker.close();
 
-        shutdown.cancelled().await;
+        stop.cancelled().await;
         tracing::info!("shutting down: draining the pipeline");
         if tokio::time::timeout(shared.options.drain_timeout, tracker.wait())
             .await
@@ -364,6 +490,9 @@ impl Monitor {
             tracker.wait().await;
         }
         shared.spool.close().await;
+        // Dead letters of datagrams that had no spool record are not waited
+        // for where they are queued: they are on disk before `run` returns.
+        shared.dead_letters.flush().await;
         shared
             .stats
             .spool_depth
@@ -371,6 +500,12 @@ impl Monitor {
         // Every counter, as JSON: what the run did, for the operator's log.
         let counters = Value::Object(shared.stats.snapshot());
         tracing::info!(%counters, "pipeline stopped");
+        let failure = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -398,16 +533,30 @@ fn publish(shared: &Shared, feed: &str, message: Value) {
     }
 }
 
-fn dead_letter(shared: &Shared, received: &Received, reason: String) {
+/// Dead-letters a registration on the writer thread; returns once the
+/// letter is written (or its loss logged), so that the caller may then ack
+/// its spool record.
+async fn dead_letter(shared: &Shared, received: &Received, reason: String) {
     shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-    let letter = DeadLetter {
+    shared.dead_letters.write(letter(received, reason)).await;
+}
+
+/// Dead-letters a datagram that has no spool record, without waiting for
+/// the write.
+async fn dead_letter_later(shared: &Shared, received: &Received, reason: String) {
+    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    shared
+        .dead_letters
+        .write_later(letter(received, reason))
+        .await;
+}
+
+fn letter(received: &Received, reason: String) -> Letter {
+    Letter {
         reason,
         sender: received.sender,
         received_at: received.received_at,
-        datagram: &received.bytes[..],
-    };
-    if let Err(err) = shared.dead_letters.record(&letter) {
-        tracing::error!(error = %err, reason = %letter.reason, "dead letter lost");
+        datagram: received.bytes.clone(),
     }
 }
 

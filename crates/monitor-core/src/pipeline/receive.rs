@@ -1,89 +1,163 @@
 //! The receiver: drains the UDP socket, nothing else, on a thread of its own.
 
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
 use super::*;
 
-/// Most datagrams handed to the router at once. Batches form only when
-/// datagrams are already queued in the socket: at a low rate each datagram
-/// goes on alone, at once.
+/// Most datagrams read with one system call (`recvmmsg`) and handed to the
+/// router at once. Batches form only when datagrams are already queued in
+/// the socket: at a low rate each datagram goes on alone, at once.
 pub(super) const RECEIVE_BATCH: usize = 64;
 
-/// Starts the receiver on a dedicated OS thread with a current-thread
-/// runtime of its own, so that draining the socket never waits for a
-/// worker thread busy parsing, spooling or hashing: during a burst the
-/// datagrams move from the kernel's buffer into the router's channel as fast
-/// as they arrive. The thread ends when `shutdown` is cancelled or the
-/// router is gone; dropping its sender then closes the router's input.
+/// Bytes of each receive buffer: one more than any UDP payload, so a
+/// datagram is never truncated silently and oversize is always detected.
+const DATAGRAM_BUFFER: usize = 65_536;
+
+/// How long a receive waits before looking at the stop token again.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Starts the receiver on a dedicated OS thread that does blocking batch
+/// receives (`recvmmsg`, up to [`RECEIVE_BATCH`] datagrams a call), so
+/// that draining the socket never waits for a worker thread busy parsing,
+/// spooling or hashing, and costs one system call per batch: during a
+/// burst the datagrams move from the kernel's buffer into the router's
+/// channel as fast as they arrive. The thread ends when `shutdown` is
+/// cancelled (within [`STOP_POLL`]) or the router is gone; dropping its
+/// sender then closes the router's input. A failing socket or a panic on
+/// the thread fails the pipeline ([`Shared::fail`]).
 pub(super) fn start_receiver(
     shared: Arc<Shared>,
     socket: UdpSocket,
     to_router: mpsc::Sender<Vec<Received>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // Leaves the caller's reactor; registered again on the thread's own.
+    crate::fault::receiver_start()?;
+    // Leaves the caller's reactor: this thread blocks on the socket.
     let socket = socket.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(STOP_POLL))?;
     std::thread::Builder::new()
         .name("udp-receiver".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => receive(&shared, &socket, &to_router, &shutdown).await,
-                    Err(err) => tracing::error!(error = %err, "cannot receive on the UDP socket"),
-                }
-            });
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                receive(&shared, &socket, &to_router, &shutdown)
+            }));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => shared.fail(PipelineError::Socket(err)),
+                Err(panic) => shared.fail(PipelineError::Panicked {
+                    stage: "receiver",
+                    message: panic_message(panic.as_ref()),
+                }),
+            }
         })?;
     Ok(())
 }
 
-/// Drains the socket into the router's channel, in batches of what is
-/// queued; never parses, never waits on anything but that channel.
-async fn receive(
+/// Drains the socket into the router's channel, a batch of what is queued
+/// per system call; never parses, never waits on anything but the socket
+/// and that channel. Ends with `Ok` at `shutdown` or when the router is
+/// gone, with the error when the socket fails.
+fn receive(
     shared: &Shared,
-    socket: &UdpSocket,
+    socket: &std::net::UdpSocket,
     to_router: &mpsc::Sender<Vec<Received>>,
     shutdown: &CancellationToken,
-) {
-    // One byte more than any UDP payload: a datagram is never truncated
-    // silently, so oversize is always detected.
-    let mut buffer = vec![0u8; 65_536];
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ready = socket.readable() => if let Err(err) = ready {
-                tracing::error!(error = %err, "UDP socket failed; no longer receiving");
-                break;
-            },
-        }
-        let mut batch = Vec::new();
-        while batch.len() < RECEIVE_BATCH {
-            let (len, sender) = match socket.try_recv_from(&mut buffer) {
-                Ok(received) => received,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(err) => {
-                    // E.g. ICMP errors reported on the socket; nothing to lose.
-                    tracing::debug!(error = %err, "UDP receive error");
-                    break;
-                }
+) -> std::io::Result<()> {
+    let mut buffers = vec![0u8; DATAGRAM_BUFFER * RECEIVE_BATCH];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECEIVE_BATCH, None);
+    while !shutdown.is_cancelled() {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+            .chunks_mut(DATAGRAM_BUFFER)
+            .map(|buffer| [IoSliceMut::new(buffer)])
+            .collect();
+        let received = match recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            // Blocks for the first datagram (up to STOP_POLL), then takes
+            // what is queued without waiting.
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        ) {
+            Ok(received) => received,
+            // STOP_POLL elapsed with nothing to read.
+            Err(Errno::EAGAIN) => continue,
+            Err(errno) if is_transient(errno) => {
+                // E.g. ICMP errors reported on the socket; nothing to lose.
+                tracing::debug!(error = %errno, "UDP receive error");
+                continue;
+            }
+            Err(errno) => return Err(errno.into()),
+        };
+        crate::fault::socket(shared.stats.datagrams_received.load(Ordering::Relaxed))?;
+        // One clock reading per batch: they all arrived by now.
+        let received_at = SystemTime::now();
+        let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+        let mut count = 0;
+        for message in received {
+            count += 1;
+            let bytes = message.iovs().next().unwrap_or_default();
+            let Some(sender) = message.address.as_ref().and_then(socket_addr) else {
+                continue;
             };
-            if let Some(received) = admit(shared, &buffer[..len], sender) {
-                batch.push(received);
+            if let Some(datagram) = admit(shared, bytes, sender, received_at) {
+                batch.push(datagram);
             }
         }
-        if !batch.is_empty() && to_router.send(batch).await.is_err() {
-            break;
+        shared
+            .stats
+            .datagrams_received
+            .fetch_add(count, Ordering::Relaxed);
+        if batch.is_empty() {
+            continue;
+        }
+        shared.stats.unspooled_add(batch.len() as u64);
+        if to_router.blocking_send(batch).is_err() {
+            // The router is gone: its own failure is what stops the pipeline.
+            return Ok(());
         }
     }
+    Ok(())
 }
 
-/// Counts a datagram and keeps it if its sender is allowed and its size is.
-fn admit(shared: &Shared, bytes: &[u8], sender: SocketAddr) -> Option<Received> {
-    shared
-        .stats
-        .datagrams_received
-        .fetch_add(1, Ordering::Relaxed);
+/// The sender of a datagram (IPv4 or IPv6).
+fn socket_addr(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    address.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+}
+
+/// Receive errors after which the socket still works: ICMP reports of an
+/// earlier send, interruptions, a momentary lack of kernel memory. Any
+/// other (a closed or invalid descriptor, …) means no more datagrams.
+fn is_transient(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EINTR
+            | Errno::ECONNREFUSED
+            | Errno::ECONNRESET
+            | Errno::EHOSTUNREACH
+            | Errno::ENETUNREACH
+            | Errno::ENOMEM
+            | Errno::ENOBUFS
+            | Errno::ETIMEDOUT
+    )
+}
+
+/// Keeps a datagram if its sender is allowed and its size is (counting a
+/// refusal).
+fn admit(
+    shared: &Shared,
+    bytes: &[u8],
+    sender: SocketAddr,
+    received_at: SystemTime,
+) -> Option<Received> {
     if !shared.options.allow_from.allows(sender.ip()) {
         refuse(
             shared,
@@ -107,7 +181,7 @@ fn admit(shared: &Shared, bytes: &[u8], sender: SocketAddr) -> Option<Received> 
     }
     Some(Received {
         sender,
-        received_at: SystemTime::now(),
+        received_at,
         bytes: Arc::from(bytes),
     })
 }

@@ -63,7 +63,9 @@ pub(super) async fn spool_stage(
                 if received == 0 {
                     break;
                 }
+                crate::fault::stage_item("spooler");
                 let ids = append(&shared, &group).await;
+                shared.stats.unspooled_sub(group.len() as u64);
                 let mut ready = Vec::with_capacity(group.len());
                 for (registration, id) in group.drain(..).zip(ids) {
                     match (id, &behind) {
@@ -114,7 +116,10 @@ impl Hashing {
     fn start(&self, mut registrations: Vec<Registration>) {
         while !registrations.is_empty() {
             let rest = registrations.split_off(registrations.len().min(HASH_CHUNK));
-            self.tracker.spawn(
+            supervise(
+                &self.tracker,
+                &self.shared,
+                "hasher",
                 self.clone()
                     .hash_chunk(std::mem::replace(&mut registrations, rest)),
             );
@@ -168,6 +173,7 @@ impl Hashing {
     /// Hashes the files of `registrations` in one blocking job; those whose
     /// file is not there yet go on waiting for it, each on its own.
     async fn hash_chunk(self, registrations: Vec<Registration>) {
+        crate::fault::stage_item("hasher");
         let stats = &self.shared.stats;
         stats
             .pending_md5
@@ -186,7 +192,12 @@ impl Hashing {
         for (registration, result) in registrations.into_iter().zip(results) {
             match result {
                 Ok(None) => {
-                    self.tracker.spawn(self.clone().wait_for_file(registration));
+                    supervise(
+                        &self.tracker,
+                        &self.shared,
+                        "hasher",
+                        self.clone().wait_for_file(registration),
+                    );
                 }
                 Ok(Some(md5)) => self.finish(registration, Ok(md5)).await,
                 Err(err) => self.finish(registration, Err(err)).await,
@@ -245,7 +256,7 @@ impl Hashing {
                         &err.to_string(),
                     );
                 }
-                dead_letter(shared, &registration.received, with_causes(&err));
+                dead_letter(shared, &registration.received, with_causes(&err)).await;
                 if let Some(id) = registration.spool_id {
                     ack(shared, &[id]).await;
                 }
@@ -317,7 +328,8 @@ async fn registration_from(
                 shared,
                 &received,
                 format!("spooled record {}: {reason}", record.id),
-            );
+            )
+            .await;
             ack(shared, &[record.id]).await;
             None
         }

@@ -19,6 +19,26 @@ pub(super) async fn route_stage(
 
 /// Routes one datagram; `false` once the spool stage is gone.
 async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Registration>) -> bool {
+    crate::fault::stage_item("router");
+    let is_registration = route_one(shared, datagram, to_spool).await;
+    match is_registration {
+        None => false,
+        Some(true) => true,
+        Some(false) => {
+            // Not for the spool: no longer at risk of a kill -9.
+            shared.stats.unspooled_sub(1);
+            true
+        }
+    }
+}
+
+/// Routes one datagram: `Some(true)` if it went to the spool stage,
+/// `Some(false)` if anywhere else, `None` once the spool stage is gone.
+async fn route_one(
+    shared: &Shared,
+    datagram: Received,
+    to_spool: &mpsc::Sender<Registration>,
+) -> Option<bool> {
     let parsed = match Datagram::parse(&datagram.bytes) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -28,7 +48,7 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
                 RejectReason::Malformed,
                 &err.to_string(),
             );
-            return true;
+            return Some(false);
         }
     };
     match parsed.message() {
@@ -39,8 +59,8 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
             };
             if let Err(reason) = check_path(&file.path) {
                 refuse(shared, datagram.sender, RejectReason::PathRefused, reason);
-                dead_letter(shared, &datagram, format!("path refused: {reason}"));
-                return true;
+                dead_letter_later(shared, &datagram, format!("path refused: {reason}")).await;
+                return Some(false);
             }
             if shared.db.target().is_suprsync() {
                 let archive = file.archive_name.as_deref().unwrap_or(SMURF_ARCHIVE);
@@ -55,8 +75,8 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
                         RejectReason::ArchiveRefused,
                         &reason,
                     );
-                    dead_letter(shared, &datagram, reason);
-                    return true;
+                    dead_letter_later(shared, &datagram, reason).await;
+                    return Some(false);
                 }
             }
             shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
@@ -69,8 +89,9 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
                 slot: None,
             };
             if to_spool.send(registration).await.is_err() {
-                return false;
+                return None;
             }
+            return Some(true);
         }
         Message::SessionData | Message::SessionLog => {
             shared
@@ -97,7 +118,7 @@ async fn route(shared: &Shared, datagram: Received, to_spool: &mpsc::Sender<Regi
             tracing::debug!(kind = other.kind(), sender = %datagram.sender, "datagram ignored");
         }
     }
-    true
+    Some(false)
 }
 
 /// Paths the monitor will not even try: they cannot name a data file.
