@@ -243,6 +243,9 @@ pub(crate) struct Options<'a> {
     pub(crate) dry_run: bool,
     /// Show a progress line on stderr.
     pub(crate) progress: bool,
+    /// SupRsync's database: the archive of the rows (`None`: a
+    /// `pysmurf_files_v1` target).
+    pub(crate) archive: Option<String>,
 }
 
 /// What [`record`] did.
@@ -328,7 +331,11 @@ pub(crate) async fn record(db: &FilesDb, walk: Walk, options: &Options<'_>) -> R
         for (found, digest) in batch.iter().zip(digests) {
             match digest {
                 Ok(md5) if stored.contains(&(found.path.clone(), md5)) => summary.skipped += 1,
-                Ok(md5) => rows.push(row_for(found, md5, options.recorder)),
+                Ok(md5) => {
+                    let mut row = row_for(found, md5, options.recorder);
+                    row.archive_name = options.archive.clone();
+                    rows.push(row);
+                }
                 Err(HashError::NeverAppeared { .. }) => summary
                     .failed
                     .push(format!("{}: vanished before it was read", found.path)),

@@ -21,6 +21,7 @@
 mod backfill;
 mod list;
 mod replay;
+mod suprsync_list;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -45,6 +46,12 @@ struct Args {
     /// Give the password through MYSQL_PASSWORD or the prompt, not the URL.
     #[arg(long, value_name = "URL", global = true)]
     db_url: Option<String>,
+
+    /// SupRsync's SQLite database (socs 0.6's --db-path, by default
+    /// /data/so/databases/suprsync.db there): work on its supersync_v0 and
+    /// timecode_dirs_v0 tables, as the monitor's --db-path does.
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "db_url")]
+    db_path: Option<PathBuf>,
 
     /// The SQLite file used when neither --db-url nor MYSQL_* is given.
     #[arg(
@@ -87,6 +94,9 @@ enum Command {
         /// Only rows whose path starts with PREFIX.
         #[arg(long, value_name = "PREFIX")]
         path_prefix: Option<String>,
+        /// Only rows of this archive (smurf, timestreams); with --db-path only.
+        #[arg(long, value_name = "ARCHIVE")]
+        archive_name: Option<String>,
         /// One JSON object per row (md5sum in hex, timestamp in RFC 3339 UTC)
         /// instead of a table.
         #[arg(long)]
@@ -118,6 +128,11 @@ enum Command {
         /// Report what would be added; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --db-path: the SupRsync archive the files belong to (smurf or
+        /// timestreams); remote_path, deletable and the timecode directories
+        /// follow from it as in the monitor.
+        #[arg(long, value_name = "ARCHIVE", default_value = "smurf")]
+        archive_name: String,
     },
     /// Record the file registrations of a monitor dead-letter file.
     ///
@@ -174,7 +189,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let target = DbTarget::resolve(args.db_url.as_deref(), &args.sqlite_file)?;
+    let target = match &args.db_path {
+        Some(path) => DbTarget::suprsync(path, false),
+        None => DbTarget::resolve(args.db_url.as_deref(), &args.sqlite_file)?,
+    };
     let target = with_prompted_password(target)?;
     match args.command {
         Command::Create => create(&target).await,
@@ -185,8 +203,25 @@ async fn run(args: Args) -> Result<()> {
             action,
             pub_id,
             path_prefix,
+            archive_name,
             json,
         } => {
+            if target.is_suprsync() {
+                if action.is_some() || pub_id.is_some() {
+                    bail!("--action and --pub-id are not columns of SupRsync's supersync_v0");
+                }
+                return list_suprsync(
+                    &target,
+                    archive_name.as_deref(),
+                    path_prefix.as_deref(),
+                    limit,
+                    json,
+                )
+                .await;
+            }
+            if archive_name.is_some() {
+                bail!("--archive-name needs --db-path (SupRsync's database)");
+            }
             let filter = FileFilter {
                 action,
                 pub_id,
@@ -200,9 +235,11 @@ async fn run(args: Args) -> Result<()> {
             instance_id,
             jobs,
             dry_run,
+            archive_name,
         } => {
             let recorder = recorder(site, instance_id);
-            backfill(&target, &dirs, &recorder, jobs, dry_run).await
+            let archive = target.is_suprsync().then_some(archive_name);
+            backfill(&target, &dirs, &recorder, jobs, dry_run, archive).await
         }
         Command::ReplayDeadLetters {
             file,
@@ -351,13 +388,46 @@ async fn list(target: &DbTarget, filter: &FileFilter, limit: u32, json: bool) ->
     Ok(())
 }
 
+async fn list_suprsync(
+    target: &DbTarget,
+    archive: Option<&str>,
+    path_prefix: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> Result<()> {
+    let db = FilesDb::connect_existing(target).await?;
+    let rows = db.suprsync_files(archive, path_prefix, limit).await?;
+    db.close().await;
+    if json {
+        for row in &rows {
+            println!("{}", suprsync_list::json_line(row));
+        }
+    } else if rows.is_empty() {
+        println!("no matching rows in {} of {target}", db.table());
+    } else {
+        print!("{}", suprsync_list::table(&rows));
+    }
+    Ok(())
+}
+
 async fn backfill(
     target: &DbTarget,
     dirs: &[PathBuf],
     recorder: &monitor_core::Recorder,
     jobs: usize,
     dry_run: bool,
+    archive: Option<String>,
 ) -> Result<()> {
+    if let Some(archive) = archive.as_deref() {
+        if ![
+            files_db::suprsync::SMURF_ARCHIVE,
+            files_db::suprsync::TIMESTREAMS_ARCHIVE,
+        ]
+        .contains(&archive)
+        {
+            bail!("unknown archive {archive:?}: SupRsync's remote paths are defined only for smurf and timestreams");
+        }
+    }
     let db = FilesDb::connect_existing(target).await?;
     let walk = backfill::walk(dirs)?;
     let options = backfill::Options {
@@ -365,6 +435,7 @@ async fn backfill(
         jobs,
         dry_run,
         progress: std::io::stderr().is_terminal(),
+        archive,
     };
     let outcome = backfill::record(&db, walk, &options).await;
     db.close().await;

@@ -32,12 +32,14 @@ const DEFAULT_SITE: [(&str, &str); 4] = [
 ];
 
 /// The pysmurf monitor OCS agent: records the files the pysmurf publisher
-/// announces over UDP in the pysmurf_files table, and relays session and
-/// metadata messages to OCS feeds.
+/// announces over UDP in the pysmurf_files table (or, with --db-path, in
+/// SupRsync's database as socs 0.6 does), and relays session and metadata
+/// messages to OCS feeds.
 ///
-/// The database is MariaDB when --db-url or any MYSQL_* variable (MYSQL_HOST,
-/// MYSQL_PORT, MYSQL_DATABASE, MYSQL_USER, MYSQL_PASSWORD) is given;
-/// otherwise the SQLite file pysmurf_files.db in the working directory.
+/// The database is SupRsync's SQLite file when --db-path is given; otherwise
+/// MariaDB when --db-url or any MYSQL_* variable (MYSQL_HOST, MYSQL_PORT,
+/// MYSQL_DATABASE, MYSQL_USER, MYSQL_PASSWORD) is given; otherwise the SQLite
+/// file pysmurf_files.db in the working directory.
 #[derive(Debug, Parser)]
 #[command(name = "pysmurf-monitor", version)]
 struct Args {
@@ -58,8 +60,23 @@ struct Args {
 
     /// Database URL (mysql://USER@HOST:PORT/DB or sqlite://PATH); overrides MYSQL_*.
     /// Put the password in MYSQL_PASSWORD, not here.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "db_path")]
     db_url: Option<String>,
+
+    /// SupRsync's SQLite database (socs 0.6's flag; socs's default is
+    /// /data/so/databases/suprsync.db): when given, files are recorded in its supersync_v0
+    /// table, as socs 0.6's PysmurfMonitor records them, instead of pysmurf_files_v1.
+    #[arg(long, value_name = "PATH")]
+    db_path: Option<PathBuf>,
+
+    /// Log every SQL statement run on SupRsync's database, at info (socs 0.6's flag).
+    #[arg(long)]
+    echo_sql: bool,
+
+    /// Do not start the run process at startup (socs 0.6's flag). Files are recorded
+    /// regardless; run(test_mode=True) returns once everything received is processed.
+    #[arg(long)]
+    test_mode: bool,
 
     /// Directory of the spool (registrations not yet committed) and the dead-letter file
     /// [default: <working dir>/pysmurf_monitor_spool].
@@ -218,10 +235,13 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
     // First: a port another process has is a refusal to start, before anything else.
     let udp_addr = SocketAddr::new(args.udp_host, args.udp_port);
     let socket = bind_udp(udp_addr).with_context(|| format!("cannot listen on UDP {udp_addr}"))?;
-    let target = DbTarget::resolve(
-        args.db_url.as_deref(),
-        &working_dir.join("pysmurf_files.db"),
-    )?;
+    let target = match &args.db_path {
+        Some(path) => DbTarget::suprsync(path, args.echo_sql),
+        None => DbTarget::resolve(
+            args.db_url.as_deref(),
+            &working_dir.join("pysmurf_files.db"),
+        )?,
+    };
     let db = FilesDb::connect_lazy(&target).await?;
     tracing::info!(database = %target, agent = %site.agent_address(), hub = %site.hub_url, "starting pysmurf-monitor");
     if args.create_table {
@@ -262,7 +282,7 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
     )
     .await
     .with_context(|| format!("cannot start the pipeline (spool {})", spool_dir.display()))?;
-    monitor.register_ops(&agent, args.create_table)?;
+    monitor.register_ops_test_mode(&agent, args.create_table, args.test_mode)?;
     tracing::info!(udp = %socket.local_addr()?, spool = %spool_dir.display(), "receiving");
 
     let shutdown = CancellationToken::new();

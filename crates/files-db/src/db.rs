@@ -12,6 +12,7 @@ use crate::error::{DbError, FailureKind};
 use crate::nodes::MySqlNodes;
 use crate::row::{FileRow, StoredFile};
 use crate::schema::{self, create_statements, table_name, SCHEMA_VERSION, TABLE_PREFIX};
+use crate::suprsync;
 use crate::target::{sqlite_options, Backend, DbTarget, TargetKind};
 
 /// Rows per `INSERT` statement: 15 bound values a row stays under SQLite's
@@ -52,6 +53,8 @@ pub struct FilesDb {
 enum Pool {
     MySql(Arc<MySqlNodes>),
     Sqlite(SqlitePool),
+    /// SupRsync's database: every operation goes to [`crate::suprsync`].
+    Suprsync(SqlitePool),
 }
 
 /// Runs `$body` with `$pool` bound to the concrete pool: each arm type-checks
@@ -63,7 +66,7 @@ macro_rules! with_pool {
                 let $pool = &nodes.pool();
                 $body
             }
-            Pool::Sqlite($pool) => $body,
+            Pool::Sqlite($pool) | Pool::Suprsync($pool) => $body,
         }
     };
 }
@@ -95,6 +98,8 @@ macro_rules! stored_file_from_row {
                 })?,
                 pysmurf_version: row.try_get("pysmurf_version")?,
                 socs_version: row.try_get("socs_version")?,
+                archive_name: None,
+                registered_at: None,
             },
         }
     }};
@@ -256,11 +261,43 @@ impl FilesDb {
                 };
                 Pool::Sqlite(pool)
             }
+            TargetKind::Suprsync { path, echo_sql } => {
+                if !create_sqlite && !path.exists() {
+                    let missing = std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} does not exist", path.display()),
+                    );
+                    return Err(DbError::with_kind(
+                        action(),
+                        FailureKind::CannotOpen,
+                        sqlx::Error::Io(missing),
+                    ));
+                }
+                // As socs: the database's directory is made when missing.
+                if create_sqlite {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| fail(sqlx::Error::Io(e)))?;
+                    }
+                }
+                let options = suprsync::store::connect_options(path, create_sqlite, *echo_sql);
+                let pool_options = suprsync::store::pool_options();
+                let pool = if verify {
+                    pool_options.connect_with(options).await.map_err(fail)?
+                } else {
+                    pool_options.connect_lazy_with(options)
+                };
+                Pool::Suprsync(pool)
+            }
+        };
+        let table = if target.is_suprsync() {
+            suprsync::SUPERSYNC_TABLE.to_owned()
+        } else {
+            table_name(SCHEMA_VERSION)
         };
         Ok(Self {
             pool,
             target: target.clone(),
-            table: table_name(SCHEMA_VERSION),
+            table,
         })
     }
 
@@ -281,6 +318,9 @@ impl FilesDb {
     /// Creates the current version's table (and its index) if it does not
     /// exist. Safe to call at every start-up.
     pub async fn create_table(&self) -> Result<CreateOutcome, DbError> {
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::create_tables(pool, &self.target).await;
+        }
         let action = format!("create table {}", self.table);
         let existed = self
             .table_exists(&self.table)
@@ -304,6 +344,13 @@ impl FilesDb {
     /// other versions are left alone.
     pub async fn drop_table(&self) -> Result<DropOutcome, DbError> {
         let action = format!("drop table {}", self.table);
+        if let Pool::Suprsync(_) = &self.pool {
+            return Err(DbError::refused(
+                format!("{action} in {}", self.target),
+                FailureKind::Other,
+                "SupRsync's tables belong to SupRsync: this tool does not drop them".to_owned(),
+            ));
+        }
         let fail = |e| self.error(action.as_str(), e);
         if !self.table_exists(&self.table).await.map_err(fail)? {
             return Ok(DropOutcome::Absent);
@@ -316,6 +363,9 @@ impl FilesDb {
 
     /// Every `pysmurf_files_v<N>` table present, with row counts and columns.
     pub async fn status(&self) -> Result<DbStatus, DbError> {
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::status(pool, &self.target).await;
+        }
         let fail = |e| self.error("read the status of the pysmurf_files tables", e);
         let mut tables = Vec::new();
         for name in self.versioned_tables().await.map_err(fail)? {
@@ -348,6 +398,11 @@ impl FilesDb {
         if rows.is_empty() {
             return Ok(0);
         }
+        if let Pool::Suprsync(pool) = &self.pool {
+            return Ok(suprsync::store::insert(pool, &self.target, rows, false)
+                .await?
+                .inserted);
+        }
         let action = || describe_insert(&self.table, rows);
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await.map_err(|e| self.error(action(), e))?;
@@ -371,6 +426,9 @@ impl FilesDb {
     pub async fn insert_new_files(&self, rows: &[FileRow]) -> Result<InsertSummary, DbError> {
         if rows.is_empty() {
             return Ok(InsertSummary::default());
+        }
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::insert(pool, &self.target, rows, true).await;
         }
         let action = || describe_insert(&self.table, rows);
         let mut summary = InsertSummary::default();
@@ -429,7 +487,10 @@ impl FilesDb {
     }
 
     /// Every stored row whose `path` is exactly `path`, oldest first.
+    /// (`pysmurf_files_v1` targets; for SupRsync's database see
+    /// [`FilesDb::suprsync_files`].)
     pub async fn files_by_path(&self, path: &str) -> Result<Vec<StoredFile>, DbError> {
+        self.refuse_suprsync("read rows by path")?;
         let sql = format!(
             "SELECT id, {INSERT_COLUMNS} FROM {} WHERE path = ? ORDER BY id",
             self.table
@@ -481,6 +542,7 @@ impl FilesDb {
         filter: &FileFilter,
         limit: u32,
     ) -> Result<Vec<StoredFile>, DbError> {
+        self.refuse_suprsync("list recent rows")?;
         let (action, pub_id) = (filter.action.as_deref(), filter.pub_id.as_deref());
         let path_prefix = filter.path_prefix.as_deref();
         let fail = |e| self.error(format!("read recent rows from {}", self.table), e);
@@ -557,6 +619,9 @@ impl FilesDb {
                 e,
             )
         };
+        if let Pool::Suprsync(pool) = &self.pool {
+            return suprsync::store::stored_md5s(pool, &self.target, paths).await;
+        }
         let mut stored = HashSet::new();
         for chunk in statement_chunks(paths, ROWS_PER_STATEMENT) {
             let found: Vec<(String, Vec<u8>)> = with_pool!(self, |pool| {
@@ -581,11 +646,44 @@ impl FilesDb {
         Ok(stored)
     }
 
+    /// The most recent rows of SupRsync's `supersync_v0` (highest `id`
+    /// first), at most `limit`, of `archive` and with `local_path` starting
+    /// with `path_prefix` (exactly, case-sensitive) when given. Only for a
+    /// [`DbTarget::suprsync`] target.
+    pub async fn suprsync_files(
+        &self,
+        archive: Option<&str>,
+        path_prefix: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<suprsync::SuprsyncStoredFile>, DbError> {
+        match &self.pool {
+            Pool::Suprsync(pool) => {
+                suprsync::store::recent(pool, &self.target, archive, path_prefix, limit).await
+            }
+            _ => Err(DbError::refused(
+                format!("list rows of supersync_v0 in {}", self.target),
+                FailureKind::Other,
+                "not SupRsync's database (give --db-path)".to_owned(),
+            )),
+        }
+    }
+
+    fn refuse_suprsync(&self, action: &str) -> Result<(), DbError> {
+        if let Pool::Suprsync(_) = &self.pool {
+            return Err(DbError::refused(
+                format!("{action} of {} in {}", self.table, self.target),
+                FailureKind::Other,
+                "a pysmurf_files query on SupRsync's database (use suprsync_files)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Closes every connection of the pool.
     pub async fn close(&self) {
         match &self.pool {
             Pool::MySql(nodes) => nodes.close().await,
-            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => pool.close().await,
         }
     }
 
@@ -604,7 +702,7 @@ impl FilesDb {
     pub async fn probe(&self) -> Result<(), DbError> {
         match &self.pool {
             Pool::MySql(nodes) => nodes.probe().await,
-            Pool::Sqlite(pool) => sqlx::query("SELECT 1")
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => sqlx::query("SELECT 1")
                 .execute(pool)
                 .await
                 .map(drop)
@@ -627,7 +725,7 @@ impl FilesDb {
     pub fn active_node(&self) -> String {
         match &self.pool {
             Pool::MySql(nodes) => self.target.node_name(nodes.active_index()),
-            Pool::Sqlite(_) => self.target.endpoint(),
+            Pool::Sqlite(_) | Pool::Suprsync(_) => self.target.endpoint(),
         }
     }
 
@@ -652,7 +750,7 @@ impl FilesDb {
                 .fetch_all(&nodes.pool())
                 .await
             }
-            Pool::Sqlite(pool) => sqlx::query_scalar(
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => sqlx::query_scalar(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
             )
             .bind(pattern)
@@ -682,7 +780,7 @@ impl FilesDb {
                 .fetch_all(&nodes.pool())
                 .await?
             }
-            Pool::Sqlite(pool) => {
+            Pool::Sqlite(pool) | Pool::Suprsync(pool) => {
                 sqlx::query_as(
                     "SELECT name, type, \"notnull\" = 0 AND pk = 0 FROM pragma_table_info(?) ORDER BY cid",
                 )

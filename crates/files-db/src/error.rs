@@ -199,6 +199,20 @@ impl DbError {
         }
     }
 
+    /// A failure found before the database was asked (e.g. a row that
+    /// cannot be mapped to the target's table), with `message` as its
+    /// database message.
+    pub(crate) fn refused(action: impl Into<String>, kind: FailureKind, message: String) -> Self {
+        Self {
+            action: action.into(),
+            kind,
+            source: DriverError {
+                message: message.clone(),
+                database_message: Some(message),
+            },
+        }
+    }
+
     /// Why it failed.
     pub fn kind(&self) -> FailureKind {
         self.kind

@@ -8,6 +8,10 @@
 //! Both binaries share it: `pysmurf-monitor` inserts, `pysmurf-files-manager`
 //! administers.
 //!
+//! A third target is SupRsync's SQLite database (socs 0.6's `--db-path`),
+//! whose `supersync_v0` and `timecode_dirs_v0` tables socs defines: see
+//! [`suprsync`]. The same insert / replay interface writes it.
+//!
 //! Backends are MariaDB/MySQL (production; column names and types exactly as
 //! socs created them, so the archiver reads the table unchanged) and SQLite
 //! (the embedded default; the closest equivalent, with CHECK constraints that
@@ -41,6 +45,7 @@ mod error;
 mod nodes;
 mod row;
 mod schema;
+pub mod suprsync;
 mod target;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-/// One file registration: every column of `pysmurf_files_v1` but `id`.
+/// One file registration: every column of `pysmurf_files_v1` but `id`,
+/// plus what the SupRsync target needs besides (`archive_name`,
+/// `registered_at`).
 ///
 /// Field names are the column names. `None` stores SQL `NULL`.
 ///
@@ -46,6 +48,14 @@ pub struct FileRow {
     pub pysmurf_version: Option<String>,
     /// The recording program's name and version (at most 64 characters).
     pub socs_version: Option<String>,
+    /// The archive the file belongs to: the payload's `archive_name`
+    /// (`None`: `smurf`). Not a `pysmurf_files_v1` column: only the
+    /// SupRsync target stores it (see [`crate::suprsync`]).
+    pub archive_name: Option<String>,
+    /// When the monitor received the registration. Not a
+    /// `pysmurf_files_v1` column: the SupRsync target stores it as
+    /// `timestamp` (`None`: the time of the insert).
+    pub registered_at: Option<DateTime<Utc>>,
 }
 
 impl FileRow {
@@ -68,6 +78,8 @@ impl FileRow {
             md5sum,
             pysmurf_version: None,
             socs_version: None,
+            archive_name: None,
+            registered_at: None,
         }
     }
 

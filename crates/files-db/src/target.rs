@@ -59,6 +59,12 @@ pub(crate) enum TargetKind {
     Sqlite {
         path: PathBuf,
     },
+    /// SupRsync's SQLite database (socs 0.6): see [`crate::suprsync`].
+    Suprsync {
+        path: PathBuf,
+        /// Log every SQL statement at info (`--echo-sql`).
+        echo_sql: bool,
+    },
 }
 
 /// One server of a MariaDB target: host and port.
@@ -286,6 +292,24 @@ impl DbTarget {
         }
     }
 
+    /// SupRsync's SQLite database at `path` (socs 0.6's `--db-path`): rows
+    /// go to its `supersync_v0` table, see [`crate::suprsync`]. With
+    /// `echo_sql`, every SQL statement is logged at info (socs's
+    /// `--echo-sql`).
+    pub fn suprsync(path: impl Into<PathBuf>, echo_sql: bool) -> Self {
+        Self {
+            kind: TargetKind::Suprsync {
+                path: path.into(),
+                echo_sql,
+            },
+        }
+    }
+
+    /// Whether this is SupRsync's database ([`DbTarget::suprsync`]).
+    pub fn is_suprsync(&self) -> bool {
+        matches!(self.kind, TargetKind::Suprsync { .. })
+    }
+
     fn mysql_from_options(
         options: MySqlConnectOptions,
         has_password: bool,
@@ -313,7 +337,7 @@ impl DbTarget {
     pub fn node_count(&self) -> usize {
         match &self.kind {
             TargetKind::MySql { nodes, .. } => nodes.len(),
-            TargetKind::Sqlite { .. } => 1,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => 1,
         }
     }
 
@@ -324,7 +348,7 @@ impl DbTarget {
             TargetKind::MySql { options, nodes, .. } => nodes
                 .get(index)
                 .map(|node| options.as_ref().clone().host(&node.host).port(node.port)),
-            TargetKind::Sqlite { .. } => None,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => None,
         }
     }
 
@@ -335,15 +359,17 @@ impl DbTarget {
                 .get(index)
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            TargetKind::Sqlite { path } => path.display().to_string(),
+            TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
+                path.display().to_string()
+            }
         }
     }
 
-    /// Which backend this target is.
+    /// Which backend this target is (SupRsync's database is SQLite).
     pub fn backend(&self) -> Backend {
         match self.kind {
             TargetKind::MySql { .. } => Backend::MySql,
-            TargetKind::Sqlite { .. } => Backend::Sqlite,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => Backend::Sqlite,
         }
     }
 
@@ -370,7 +396,9 @@ impl DbTarget {
                     nodes,
                 },
             },
-            sqlite @ TargetKind::Sqlite { .. } => Self { kind: sqlite },
+            sqlite @ (TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. }) => {
+                Self { kind: sqlite }
+            }
         }
     }
 
@@ -388,7 +416,9 @@ impl DbTarget {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            TargetKind::Sqlite { path } => path.display().to_string(),
+            TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
+                path.display().to_string()
+            }
         }
     }
 
@@ -396,7 +426,7 @@ impl DbTarget {
     pub fn database(&self) -> Option<&str> {
         match &self.kind {
             TargetKind::MySql { options, .. } => options.get_database(),
-            TargetKind::Sqlite { .. } => None,
+            TargetKind::Sqlite { .. } | TargetKind::Suprsync { .. } => None,
         }
     }
 }
@@ -411,6 +441,7 @@ impl fmt::Display for DbTarget {
                 options.get_database().unwrap_or_default()
             ),
             TargetKind::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            TargetKind::Suprsync { path, .. } => write!(f, "suprsync:{}", path.display()),
         }
     }
 }

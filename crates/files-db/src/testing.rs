@@ -938,7 +938,7 @@ impl WriteLock {
                     .unwrap_or_else(|e| panic!("lock {table}: {e}"));
                 LockConnection::MySql(conn)
             }
-            TargetKind::Sqlite { path } => {
+            TargetKind::Sqlite { path } | TargetKind::Suprsync { path, .. } => {
                 let mut conn = sqlx::sqlite::SqliteConnection::connect_with(
                     &crate::target::sqlite_options(path, false),
                 )

@@ -96,6 +96,8 @@ fn full_row(n: usize) -> FileRow {
         md5sum: [n as u8; 16],
         pysmurf_version: Some("v8.0.1".into()),
         socs_version: Some("pysmurf-monitor-rs 0.1.0".into()),
+        archive_name: None,
+        registered_at: None,
     }
 }
 

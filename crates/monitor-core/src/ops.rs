@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use files_db::{CreateOutcome, FilesDb};
-use ocs_feed::{Agent, AgentError, OpError, OpOptions, Params};
+use ocs_feed::{Agent, AgentError, OpError, OpOptions, Param, ParamType, Params};
 use serde_json::{json, Value};
 
 use crate::pipeline::DEGRADED_SPOOL_DEPTH;
@@ -13,11 +13,20 @@ use crate::stats::MonitorStats;
 /// How often the `run` session's data is refreshed.
 const RUN_REFRESH: Duration = Duration::from_secs(1);
 
+/// How often `run(test_mode=True)` checks whether everything is processed.
+const TEST_MODE_POLL: Duration = Duration::from_millis(50);
+
+/// Registrations not yet settled (spooled, being hashed, or waiting for
+/// the database).
+pub(crate) type Pending = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 pub(crate) fn register(
     db: FilesDb,
     stats: Arc<MonitorStats>,
     agent: &Agent,
     create_table_default: bool,
+    test_mode: bool,
+    pending: Pending,
 ) -> Result<(), AgentError> {
     agent.register_task(
         "init",
@@ -60,21 +69,31 @@ pub(crate) fn register(
             }
         },
     )?;
-    agent.register_process(
-        "run",
-        OpOptions::new()
-            .doc(
-                "run()\n\n**Process** - Reports the monitor's counters in session.data every \
-                 second and sets degraded while the database fails, the spool grows or the \
-                 pipeline has stopped (session.data.pipeline_error says why). The monitor \
-                 records files whether or not this process runs.",
-            )
-            .startup(json!({})),
-        move |session, _params| {
-            let stats = stats.clone();
-            async move {
-                let mut reported_failure = false;
-                loop {
+    let run_options = OpOptions::new().doc(
+        "run(test_mode=False)\n\n**Process** - Reports the monitor's counters in session.data \
+         every second and sets degraded while the database fails, the spool grows or the \
+         pipeline has stopped (session.data.pipeline_error says why). The monitor records \
+         files whether or not this process runs.\n\nParameters:\n    test_mode (bool, \
+         optional): stop once every registration received so far is processed (committed or \
+         dead-lettered). Meant for testing. Default is False.",
+    );
+    // As socs 0.6.4's `@ocs_agent.param('test_mode', default=False, type=bool)`.
+    let run_options = run_options.param(Param::new("test_mode").default(false).ty(ParamType::Bool));
+    // socs's --test-mode: `run` is not started at startup.
+    let run_options = if test_mode {
+        run_options
+    } else {
+        run_options.startup(json!({}))
+    };
+    agent.register_process("run", run_options, move |session, params| {
+        let stats = stats.clone();
+        let pending = pending.clone();
+        async move {
+            let test_mode = bool_param(&params, "test_mode", false)?;
+            let mut reported_failure = false;
+            let mut next_report = tokio::time::Instant::now();
+            loop {
+                if tokio::time::Instant::now() >= next_report || test_mode {
                     let data = stats.session_data();
                     let spool_depth = data.get("spool_depth").and_then(Value::as_u64).unwrap_or(0);
                     let failure = stats.pipeline_error();
@@ -88,17 +107,31 @@ pub(crate) fn register(
                         session.add_message(format!("pipeline stopped: {reason}"));
                         reported_failure = true;
                     }
-                    tokio::select! {
-                        _ = session.stopped() => break,
-                        _ = tokio::time::sleep(RUN_REFRESH) => {}
-                        // A failure shows at once, not up to a second later.
-                        _ = stats.pipeline_failed.notified() => {}
+                    next_report = tokio::time::Instant::now() + RUN_REFRESH;
+                }
+                if test_mode && pending() == 0 && stats.database_up() {
+                    return Ok(
+                        "Monitor exited cleanly: every registration received is processed."
+                            .to_owned(),
+                    );
+                }
+                let wait = if test_mode {
+                    TEST_MODE_POLL
+                } else {
+                    RUN_REFRESH
+                };
+                tokio::select! {
+                    _ = session.stopped() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                    // A failure shows at once, not up to a second later.
+                    _ = stats.pipeline_failed.notified() => {
+                        next_report = tokio::time::Instant::now();
                     }
                 }
-                Ok("Monitor reports stopped; files are still recorded.".to_owned())
             }
-        },
-    )
+            Ok("Monitor reports stopped; files are still recorded.".to_owned())
+        }
+    })
 }
 
 /// A boolean op param as OCS clients send it (`true`/`false`, or 0/1).

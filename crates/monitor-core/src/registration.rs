@@ -79,6 +79,8 @@ pub fn file_row(
         md5sum,
         pysmurf_version: file.pysmurf_version.clone(),
         socs_version: Some(recorder.program.clone()),
+        archive_name: file.archive_name.clone(),
+        registered_at: None,
     }
 }
 

@@ -18,6 +18,13 @@ pub enum RejectReason {
     Malformed,
     /// A file path refused by the guard rails (empty, relative, outside `--data-root`).
     PathRefused,
+    /// A file of an archive SupRsync's database has no remote path for
+    /// (only `smurf` and `timestreams`; SupRsync target only).
+    ArchiveRefused,
+    /// A `metadata` datagram whose stream id cannot name a feed
+    /// (`<stream-id>_meta` must be one WAMP URI component: no `.`, `#` or
+    /// whitespace).
+    StreamIdRefused,
 }
 
 impl RejectReason {
@@ -28,14 +35,18 @@ impl RejectReason {
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::Malformed => "malformed",
             RejectReason::PathRefused => "path_refused",
+            RejectReason::ArchiveRefused => "archive_refused",
+            RejectReason::StreamIdRefused => "stream_id_refused",
         }
     }
 
-    const ALL: [RejectReason; 4] = [
+    const ALL: [RejectReason; 6] = [
         RejectReason::TooLarge,
         RejectReason::NotAllowed,
         RejectReason::Malformed,
         RejectReason::PathRefused,
+        RejectReason::ArchiveRefused,
+        RejectReason::StreamIdRefused,
     ];
 }
 
@@ -44,7 +55,7 @@ impl RejectReason {
 #[derive(Debug, Default)]
 pub struct MonitorStats {
     pub(crate) datagrams_received: AtomicU64,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; RejectReason::ALL.len()],
     pub(crate) files_accepted: AtomicU64,
     pub(crate) files_registered: AtomicU64,
     pub(crate) files_already_present: AtomicU64,

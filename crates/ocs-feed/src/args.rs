@@ -274,9 +274,16 @@ where
         merged.extend(cmdline);
     }
     merged.insert(0, prog);
-    // Values like `-5` are values, as for ocs's argparse.
+    // Values like `-5` are values, as for ocs's argparse (only for arguments that take a
+    // value: clap refuses the setting on a flag such as `--echo-sql`).
     let mut matches = T::command()
-        .mut_args(|a| a.allow_negative_numbers(true))
+        .mut_args(|a| {
+            if a.get_action().takes_values() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        })
         .try_get_matches_from(&merged)
         .map_err(SiteError::Args)?;
     let args = T::from_arg_matches_mut(&mut matches).map_err(SiteError::Args)?;
@@ -433,6 +440,9 @@ mod tests {
         sample_rate: Option<f64>,
         #[arg(long)]
         frame_length: Option<u32>,
+        /// A flag (takes no value), as socs's `--echo-sql`.
+        #[arg(long)]
+        verbose: bool,
     }
     impl HasSiteArgs for FakeArgs {
         fn site_args(&self) -> &SiteArgs {
@@ -618,7 +628,7 @@ mod tests {
             &path,
             "hub: {wamp_server: 'ws://127.0.0.1:1/ws', wamp_realm: r, address_root: obs}\n\
              hosts: {daq: {agent-instances: [{instance-id: f1,\n\
-             arguments: [--sample-rate, -5, --frame-length, 3]}]}}",
+             arguments: [--sample-rate, -5, --frame-length, 3, --verbose]}]}}",
         )
         .unwrap();
         let env = Env {
@@ -629,6 +639,7 @@ mod tests {
         let (args, _) = run(&["agent", "--site-file", file, "--instance-id", "f1"], &env).unwrap();
         assert_eq!(args.sample_rate, Some(-5.0));
         assert_eq!(args.frame_length, Some(3));
+        assert!(args.verbose, "a flag beside negative values");
         let (args, _) = run(
             &[
                 "agent",

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use files_db::suprsync::{SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE};
 use files_db::{FailureKind, FileRow, FilesDb};
 use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
 use serde_json::{json, Value};
@@ -295,11 +296,17 @@ impl Monitor {
         spool_dir: PathBuf,
         options: PipelineOptions,
     ) -> Result<Self, MonitorError> {
-        for (column, value) in [
-            ("site", &recorder.site),
-            ("instance_id", &recorder.instance_id),
-            ("socs_version", &recorder.program),
-        ] {
+        // SupRsync's table has no such columns: only pysmurf_files_v1 limits them.
+        let checked = if db.target().is_suprsync() {
+            Vec::new()
+        } else {
+            vec![
+                ("site", &recorder.site),
+                ("instance_id", &recorder.instance_id),
+                ("socs_version", &recorder.program),
+            ]
+        };
+        for (column, value) in checked {
             let max = files_db::max_chars(column).unwrap_or(usize::MAX);
             if value.chars().count() > max {
                 return Err(MonitorError::RecorderTooLong {
@@ -367,11 +374,33 @@ impl Monitor {
         agent: &Agent,
         create_table_default: bool,
     ) -> Result<(), ocs_feed::AgentError> {
+        self.register_ops_test_mode(agent, create_table_default, false)
+    }
+
+    /// [`Monitor::register_ops`] with socs 0.6's `--test-mode`: when
+    /// `test_mode` is true, `run` is not started at startup. Either way
+    /// `run` takes socs's `test_mode` param: with it true, `run` returns
+    /// once every registration received so far is committed or
+    /// dead-lettered (and the database is up).
+    pub fn register_ops_test_mode(
+        &self,
+        agent: &Agent,
+        create_table_default: bool,
+        test_mode: bool,
+    ) -> Result<(), ocs_feed::AgentError> {
+        let shared = self.shared.clone();
+        let pending = Arc::new(move || {
+            shared.spool.depth()
+                + shared.stats.pending_md5.load(Ordering::Relaxed)
+                + shared.stats.pending_insert.load(Ordering::Relaxed)
+        });
         crate::ops::register(
             self.shared.db.clone(),
             self.shared.stats.clone(),
             agent,
             create_table_default,
+            test_mode,
+            pending,
         )
     }
 
@@ -596,5 +625,40 @@ async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
             STATS_FEED,
             json!({"block_name": STATS_FEED, "timestamp": epoch_seconds(SystemTime::now()), "data": data}),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `site` and `instance_id` are `pysmurf_files_v1` columns of 32
+    /// characters: a longer instance id refuses to start there, not on
+    /// SupRsync's database, which has no such columns.
+    #[tokio::test]
+    async fn recorder_limits_apply_to_pysmurf_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::this_program("observatory", "x".repeat(40));
+        let start = |db: FilesDb, spool: &str| {
+            Monitor::new(
+                db,
+                None,
+                recorder.clone(),
+                dir.path().join(spool),
+                PipelineOptions::default(),
+            )
+        };
+        let v1 = files_db::DbTarget::sqlite(dir.path().join("files.db"));
+        let v1 = FilesDb::connect(&v1).await.unwrap();
+        assert!(matches!(
+            start(v1, "spool1").await,
+            Err(MonitorError::RecorderTooLong {
+                column: "instance_id",
+                ..
+            })
+        ));
+        let suprsync = files_db::DbTarget::suprsync(dir.path().join("suprsync.db"), false);
+        let suprsync = FilesDb::connect(&suprsync).await.unwrap();
+        assert!(start(suprsync, "spool2").await.is_ok());
     }
 }

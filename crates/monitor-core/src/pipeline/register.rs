@@ -236,12 +236,14 @@ impl Hashing {
         shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
         match md5 {
             Ok(md5) => {
-                let row = file_row(
+                let mut row = file_row(
                     &registration.envelope,
                     &registration.file,
                     &shared.recorder,
                     md5,
                 );
+                // Stable across a replay: the spool keeps the receive time.
+                row.registered_at = Some(registration.received.received_at.into());
                 shared.stats.pending_insert.fetch_add(1, Ordering::Relaxed);
                 let _ = self.to_batch.send(Hashed { row, registration }).await;
             }

@@ -62,6 +62,23 @@ async fn route_one(
                 dead_letter_later(shared, &datagram, format!("path refused: {reason}")).await;
                 return Some(false);
             }
+            if shared.db.target().is_suprsync() {
+                let archive = file.archive_name.as_deref().unwrap_or(SMURF_ARCHIVE);
+                if ![SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE].contains(&archive) {
+                    let reason = format!(
+                        "unknown archive name {archive:?}: SupRsync's remote paths are defined \
+                         only for \"{SMURF_ARCHIVE}\" and \"{TIMESTREAMS_ARCHIVE}\""
+                    );
+                    refuse(
+                        shared,
+                        datagram.sender,
+                        RejectReason::ArchiveRefused,
+                        &reason,
+                    );
+                    dead_letter_later(shared, &datagram, reason).await;
+                    return Some(false);
+                }
+            }
             shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
             let registration = Registration {
                 spool_id: None,
@@ -88,7 +105,13 @@ async fn route_one(
                 .stats
                 .metadata_messages
                 .fetch_add(1, Ordering::Relaxed);
-            publish_metadata(shared, parsed.envelope(), &metadata.path, &metadata.value);
+            publish_metadata(
+                shared,
+                datagram.sender,
+                parsed.envelope(),
+                &metadata.path,
+                &metadata.value,
+            );
         }
         other => {
             shared.stats.other_messages.fetch_add(1, Ordering::Relaxed);
@@ -111,16 +134,49 @@ fn check_path(path: &str) -> Result<(), &'static str> {
     }
 }
 
-/// `metadata` → feed `<stream-id>_meta`, registered on first use.
-fn publish_metadata(shared: &Shared, envelope: &Envelope, path: &str, value: &Value) {
+/// The feed socs 0.6.4 publishes a streamer's `metadata` on:
+/// `<stream-id>_meta`, the stream id being what follows the first `:` of
+/// the publisher id up to the next `:` (Python's `pub_id.split(':')[1]`),
+/// or the whole id when it has no `:`; neither lower-cased nor rewritten.
+fn metadata_feed(pub_id: &str) -> String {
+    let stream_id = match pub_id.split(':').nth(1) {
+        Some(stream_id) => stream_id,
+        None => pub_id,
+    };
+    format!("{stream_id}_meta")
+}
+
+/// Whether `name` can be one component of a WAMP URI, as a feed name must
+/// be (the router's loose URI rule: no `.`, `#` or whitespace).
+fn is_uri_component(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['.', '#']) && !name.contains(char::is_whitespace)
+}
+
+/// `metadata` → feed `<stream-id>_meta`, registered on first use; a stream
+/// id that cannot name a feed is refused (counted, logged once a minute per
+/// sender).
+fn publish_metadata(
+    shared: &Shared,
+    sender: SocketAddr,
+    envelope: &Envelope,
+    path: &str,
+    value: &Value,
+) {
+    let feed = metadata_feed(&envelope.pub_id);
+    if !is_uri_component(&feed) {
+        refuse(
+            shared,
+            sender,
+            RejectReason::StreamIdRefused,
+            &format!(
+                "feed name {feed:?} is not one WAMP URI component (no '.', '#' or whitespace)"
+            ),
+        );
+        return;
+    }
     let Some(agent) = &shared.agent else {
         return;
     };
-    // Feed names are URI components: lowercase letters, digits, underscores.
-    let feed = format!(
-        "{}_meta",
-        enforce_field_name_rules(envelope.stream_id()).to_lowercase()
-    );
     let mut registered = shared
         .metadata_feeds
         .lock()
@@ -143,4 +199,21 @@ fn publish_metadata(shared: &Shared, envelope: &Envelope, path: &str, value: &Va
         &feed,
         json!({"block_name": field, "timestamp": timestamp, "data": {field.clone(): value}}),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_feeds_are_named_as_socs_names_them() {
+        assert_eq!(metadata_feed("STREAMER:crate1Slot2"), "crate1Slot2_meta");
+        assert_eq!(metadata_feed("unidentified"), "unidentified_meta");
+        assert_eq!(metadata_feed("a:b:c"), "b_meta");
+        assert_eq!(metadata_feed("a:"), "_meta");
+        assert!(is_uri_component("UFM-mv5_meta"));
+        for bad in ["a.b_meta", "a b_meta", "x#_meta", ""] {
+            assert!(!is_uri_component(bad), "{bad}");
+        }
+    }
 }
