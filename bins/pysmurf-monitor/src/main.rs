@@ -126,7 +126,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(err) = init_logging(args.log_format, site.log_dir.as_deref(), &site.instance_id) {
+    // ocs's name, `<log dir>/<address root>.<instance id>.log`, a relative log dir taken from
+    // `--working-dir` (from the current directory when there is none; ocs writes no file then).
+    let log_file = site.log_file().or_else(|| {
+        let dir = site.log_dir.as_ref()?;
+        Some(dir.join(format!("{}.log", site.agent_address())))
+    });
+    if let Err(err) = init_logging(args.log_format, log_file.as_deref()) {
         eprintln!("error: {err}");
         return ExitCode::FAILURE;
     }
@@ -146,14 +152,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, and also to `<log dir>/<instance id>.log` when
-/// `--log-dir` (or the site file's `log-dir`) is given, as OCS agents do.
+/// Logs to stderr, and also appends to `log_file` when `--log-dir` (or the
+/// site file's `log-dir`) is given, as OCS agents do.
 /// `RUST_LOG` filters as usual; OCS's `LOGLEVEL` is honoured as a plain level.
-fn init_logging(
-    format: LogFormat,
-    log_dir: Option<&std::path::Path>,
-    instance_id: &str,
-) -> Result<(), String> {
+fn init_logging(format: LogFormat, log_file: Option<&std::path::Path>) -> Result<(), String> {
     use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     use tracing_subscriber::prelude::*;
 
@@ -163,15 +165,15 @@ fn init_logging(
             tracing_subscriber::EnvFilter::try_new(level.to_lowercase())
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, ansi) = match log_dir {
-        Some(dir) => {
-            let path = dir.join(format!("{instance_id}.log"));
+    let (writer, ansi) = match log_file {
+        Some(path) => {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
             let file = std::fs::create_dir_all(dir)
                 .and_then(|()| {
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(&path)
+                        .open(path)
                 })
                 .map_err(|err| format!("cannot open the log file {}: {err}", path.display()))?;
             (

@@ -960,3 +960,35 @@ async fn a_file_without_read_permission_is_dead_lettered_and_the_others_land() {
     assert_eq!(counters["files_registered"], 2, "{counters}");
     db.close().await;
 }
+
+/// `--log-dir` writes the file ocs names, `<address-root>.<instance-id>.log`,
+/// a relative directory taken from `--working-dir`.
+#[test]
+fn the_log_file_is_named_and_placed_as_ocs_does() {
+    let work = tempfile::tempdir().unwrap();
+    let working_dir = work.path().join("ocs-home");
+    std::fs::create_dir_all(&working_dir).unwrap();
+    let monitor = MonitorProcess::start(
+        work.path(),
+        &[],
+        &[
+            "--address-root",
+            "observatory",
+            "--instance-id",
+            "logname-test",
+            "--working-dir",
+            working_dir.to_str().unwrap(),
+            "--log-dir",
+            "logs",
+        ],
+    );
+    let file = working_dir.join("logs/observatory.logname-test.log");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|err| panic!("no log file {}: {err}", file.display()));
+    assert!(
+        text.contains("udp="),
+        "the start-up line is in {}",
+        file.display()
+    );
+    assert_eq!(monitor.terminate(), 0);
+}

@@ -35,11 +35,18 @@ pub(crate) fn register(
                 "init(create_table=True)\n\n**Task** - Checks the files database and, when \
                  create_table is true, creates the pysmurf_files table if it is missing.",
             )
+            // Checked as ocs's `@param('create_table', default=True, type=bool)` would: the
+            // checked params reach the body, so a missing key is the default.
+            .param(
+                Param::new("create_table")
+                    .default(create_table_default)
+                    .ty(ParamType::Bool),
+            )
             .startup(json!({ "create_table": create_table_default })),
         move |session, params| {
             let db = db.clone();
             async move {
-                let create = bool_param(&params, "create_table", create_table_default)?;
+                let create = bool_param(&params, "create_table", create_table_default);
                 let table = db.table().to_owned();
                 let (created, message) = if create {
                     match db.create_table().await? {
@@ -89,7 +96,7 @@ pub(crate) fn register(
         let stats = stats.clone();
         let pending = pending.clone();
         async move {
-            let test_mode = bool_param(&params, "test_mode", false)?;
+            let test_mode = bool_param(&params, "test_mode", false);
             let mut reported_failure = false;
             let mut next_report = tokio::time::Instant::now();
             loop {
@@ -134,15 +141,8 @@ pub(crate) fn register(
     })
 }
 
-/// A boolean op param as OCS clients send it (`true`/`false`, or 0/1).
-fn bool_param(params: &Params, name: &str, default: bool) -> Result<bool, OpError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(value)) => Ok(*value),
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(false),
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
-        Some(other) => Err(OpError::new(format!(
-            "Param '{name}' must be a bool, got {other}"
-        ))),
-    }
+/// A boolean op param, already checked against its declaration (a bool, or
+/// absent when it has no default).
+fn bool_param(params: &Params, name: &str, default: bool) -> bool {
+    params.get(name).and_then(Value::as_bool).unwrap_or(default)
 }
