@@ -45,25 +45,32 @@ struct SubscriptionState {
     active: BTreeMap<u64, Vec<usize>>,
 }
 
-/// A TLS connector trusting the system's roots and the PEM certificates of `path`.
-pub(crate) fn tls_connector(path: &std::path::Path) -> Result<native_tls::TlsConnector, String> {
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
-    let mut builder = native_tls::TlsConnector::builder();
-    let mut found = 0;
+/// A TLS client configuration trusting the system's roots and the PEM certificates of `path`.
+pub(crate) fn tls_connector(
+    path: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    // The system's roots, as for a wss:// URL without a private CA; one unreadable system
+    // certificate must not stop the agent.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
     // A PEM file may hold several certificates (a CA bundle).
-    let text = String::from_utf8_lossy(&pem);
-    for block in text.split_inclusive("-----END CERTIFICATE-----") {
-        if let Some(start) = block.find("-----BEGIN CERTIFICATE-----") {
-            let cert = native_tls::Certificate::from_pem(&block.as_bytes()[start..])
-                .map_err(|e| e.to_string())?;
-            builder.add_root_certificate(cert);
-            found += 1;
-        }
+    let mut found = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+        found += 1;
     }
     if found == 0 {
         return Err("no PEM certificate in the file".into());
     }
-    builder.build().map_err(|e| e.to_string())
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Why a connection ended.
@@ -132,7 +139,7 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     /// For `wss://` with a private CA (`--site-ca-file`).
-    tls: Option<native_tls::TlsConnector>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     calls: mpsc::UnboundedReceiver<CallRequest>,
 }
 
@@ -140,7 +147,7 @@ impl Driver {
     pub(crate) fn new(
         shared: Arc<Shared>,
         shutdown: CancellationToken,
-        tls: Option<native_tls::TlsConnector>,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
         calls: mpsc::UnboundedReceiver<CallRequest>,
     ) -> Driver {
         Driver {

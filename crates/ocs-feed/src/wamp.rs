@@ -297,7 +297,7 @@ impl Connection {
         url: &str,
         realm: &str,
         timeout: Duration,
-        tls: Option<&native_tls::TlsConnector>,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, WampError> {
         tokio::time::timeout(timeout, Self::join_inner(url, realm, timeout, tls))
             .await
@@ -308,7 +308,7 @@ impl Connection {
         url: &str,
         realm: &str,
         send_timeout: Duration,
-        tls: Option<&native_tls::TlsConnector>,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, WampError> {
         let connect_err = |source| WampError::Connect {
             url: url.to_owned(),
@@ -320,7 +320,7 @@ impl Connection {
             HeaderValue::from_static(SUBPROTOCOL),
         );
         // Small WAMP messages must not wait for Nagle (with delayed ACKs that is 40 ms each).
-        let connector = tls.map(|t| tokio_tungstenite::Connector::NativeTls(t.clone()));
+        let connector = tls.map(|t| tokio_tungstenite::Connector::Rustls(t.clone()));
         let (ws, response) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
                 .await
