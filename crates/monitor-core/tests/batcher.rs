@@ -1,5 +1,6 @@
 //! The batcher's timing on tokio's paused clock, in process on SQLite (no
-//! router): the batch delay, the retry back-off, and reject bisection.
+//! router): the batch delay, the retry back-off, reject bisection, and
+//! draining at shutdown (with the spool read back at the next start).
 //!
 //! The clock is paused after the set-up, and a blocking task held for the
 //! whole test keeps tokio from advancing the paused clock on its own while
@@ -292,5 +293,56 @@ async fn a_rejected_row_is_isolated_by_bisection() {
     let letters = std::fs::read_to_string(dir.path().join("spool/dead_letters.jsonl")).unwrap();
     assert_eq!(letters.lines().count(), 1);
     assert!(letters.contains("rejected by the database"), "{letters}");
+    monitor.stop().await;
+}
+
+/// At shutdown the batcher keeps retrying a failing database for
+/// `drain_timeout`, then gives up: `run` returns with the rows still in the
+/// spool, and the next start reads them back and commits them.
+#[tokio::test]
+async fn draining_gives_up_at_the_drain_timeout_and_the_next_start_commits_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = PipelineOptions {
+        batch_rows: 1,
+        drain_timeout: Duration::from_secs(10),
+        ..PipelineOptions::default()
+    };
+    let mut monitor = Running::start(dir.path(), false, options.clone()).await;
+    let paths = files(dir.path(), "f", 3);
+    for path in &paths {
+        monitor.register(path);
+    }
+    monitor
+        .settle("every row hashed, the database failing", CREEP, |m| {
+            m.counter("files_accepted") == 3
+                && m.counter("pending_md5") == 0
+                && !m.stats.database_up()
+        })
+        .await;
+
+    monitor.shutdown.cancel();
+    monitor
+        .stays("still retrying within the drain timeout", |m| {
+            !m.task.is_finished()
+        })
+        .await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    monitor
+        .settle("run returned at the drain timeout", CREEP, |m| {
+            m.task.is_finished()
+        })
+        .await;
+    let Running { stats, task, .. } = monitor;
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.files_registered(), 0);
+    assert_eq!(stats.snapshot()["spool_depth"], 3, "the rows stay spooled");
+
+    tokio::time::resume();
+    let monitor = Running::start(dir.path(), true, options).await;
+    monitor
+        .settle("the spooled rows committed", CREEP, |m| {
+            m.stats.files_registered() == 3 && m.counter("spool_depth") == 0
+        })
+        .await;
     monitor.stop().await;
 }
