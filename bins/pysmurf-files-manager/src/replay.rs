@@ -1,20 +1,23 @@
 //! `replay-dead-letters`: record the file registrations of a monitor
 //! dead-letter file.
 //!
-//! Each line is `{"dead_at", "reason", "sender", "received_at", "datagram"}`
-//! (see `monitor_core::DeadLetters`). A `data_file` / `g3_file` datagram's row
+//! Each line is a [`DeadLetterLine`] (`{"dead_at", "reason", "sender",
+//! "received_at", "datagram"}`), the type the monitor writes them with. A `data_file` / `g3_file` datagram's row
 //! is rebuilt as the monitor builds it, with the file's md5sum as it is now,
 //! and inserted unless the same registration is already stored. The lines
 //! that still fail are written, with the new reason, to `FILE.remaining`;
 //! the dead-letter file itself is only read.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use files_db::{FailureKind, FilesDb};
-use monitor_core::{file_row, registered_path, FileHasher, HashError, Recorder, WaitPolicy};
-use serde_json::{json, Map, Value};
+use monitor_core::{
+    epoch_seconds, file_row, registered_path, DeadLetterLine, FileHasher, HashError, Recorder,
+    WaitPolicy,
+};
+use serde_json::Value;
 use smurf_protocol::{Datagram, Message};
 
 /// One line of the dead-letter file.
@@ -22,8 +25,8 @@ use smurf_protocol::{Datagram, Message};
 pub(crate) struct Letter {
     /// 1-based line number.
     line: usize,
-    /// The line's object, or the line itself when it is not a JSON object.
-    content: Result<Map<String, Value>, String>,
+    /// The dead letter, or the line itself with why it is not one.
+    content: Result<DeadLetterLine, (String, String)>,
 }
 
 /// Reads every non-blank line of `file`.
@@ -36,9 +39,19 @@ pub(crate) fn read(file: &Path) -> Result<Vec<Letter>> {
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| Letter {
             line: i + 1,
-            content: match serde_json::from_str(line) {
-                Ok(Value::Object(object)) => Ok(object),
-                _ => Err(line.to_owned()),
+            content: match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(object)) => {
+                    serde_json::from_value(Value::Object(object)).map_err(|err| {
+                        (
+                            line.to_owned(),
+                            format!("line {} is not a dead letter: {err}", i + 1),
+                        )
+                    })
+                }
+                _ => Err((
+                    line.to_owned(),
+                    format!("line {} is not a JSON object", i + 1),
+                )),
             },
         })
         .collect())
@@ -93,26 +106,26 @@ pub(crate) async fn replay(
 ) -> Result<Summary> {
     let mut summary = Summary::default();
     for letter in letters {
-        let mut object = match &letter.content {
-            Ok(object) => object.clone(),
-            Err(raw) => {
-                let line = json!({
-                    "dead_at": epoch_seconds(SystemTime::now()),
-                    "reason": format!("line {} is not a JSON object", letter.line),
-                    "sender": null,
-                    "received_at": null,
-                    "datagram": raw,
-                });
-                summary.remaining.push(line.to_string());
+        let mut dead = match &letter.content {
+            Ok(dead) => dead.clone(),
+            Err((raw, reason)) => {
+                let line = DeadLetterLine {
+                    dead_at: epoch_seconds(SystemTime::now()),
+                    reason: reason.clone(),
+                    sender: None,
+                    received_at: None,
+                    datagram: Value::String(raw.clone()),
+                };
+                summary.remaining.push(line.to_json());
                 continue;
             }
         };
-        match replay_one(db, hasher, &object, recorder).await {
+        match replay_one(db, hasher, &dead, recorder).await {
             Ok(Replayed::Inserted) => summary.replayed += 1,
             Ok(Replayed::AlreadyPresent) => summary.already_present += 1,
             Ok(Replayed::StillFailing(reason)) => {
-                object.insert("reason".into(), Value::String(reason));
-                summary.remaining.push(Value::Object(object).to_string());
+                dead.reason = reason;
+                summary.remaining.push(dead.to_json());
             }
             Err(err) => return Err(err.context(format!("replay line {}", letter.line))),
         }
@@ -129,12 +142,12 @@ enum Replayed {
 async fn replay_one(
     db: &FilesDb,
     hasher: &FileHasher,
-    letter: &Map<String, Value>,
+    letter: &DeadLetterLine,
     recorder: &Recorder,
 ) -> Result<Replayed> {
-    let parsed = match letter.get("datagram") {
-        Some(Value::Object(datagram)) => Datagram::from_json(datagram.clone()),
-        Some(Value::String(text)) => Datagram::parse(text.as_bytes()),
+    let parsed = match &letter.datagram {
+        Value::Object(datagram) => Datagram::from_json(datagram.clone()),
+        Value::String(text) => Datagram::parse(text.as_bytes()),
         _ => {
             return Ok(Replayed::StillFailing(
                 "the line has no datagram object".into(),
@@ -210,12 +223,6 @@ pub(crate) fn write_remaining(file: &Path, lines: &[String]) -> Result<PathBuf> 
     Ok(remaining)
 }
 
-fn epoch_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,13 +231,25 @@ mod tests {
     fn lines_are_objects_or_kept_as_text_and_blank_lines_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dead.jsonl");
-        std::fs::write(&file, "{\"reason\":\"x\"}\n\n  \nnot json\n[1]\n").unwrap();
+        let letter = r#"{"dead_at":1.5,"reason":"x","sender":"127.0.0.1:1","received_at":1.0,"datagram":{}}"#;
+        std::fs::write(
+            &file,
+            format!("{letter}\n\n  \nnot json\n[1]\n{{\"reason\":\"x\"}}\n"),
+        )
+        .unwrap();
         let letters = read(&file).unwrap();
         let lines: Vec<usize> = letters.iter().map(|l| l.line).collect();
-        assert_eq!(lines, [1, 4, 5]);
-        assert!(letters[0].content.is_ok());
-        assert_eq!(letters[1].content.as_ref().unwrap_err(), "not json");
+        assert_eq!(lines, [1, 4, 5, 6]);
+        assert_eq!(letters[0].content.as_ref().unwrap().reason, "x");
+        let (raw, reason) = letters[1].content.as_ref().unwrap_err();
+        assert_eq!(raw, "not json");
+        assert_eq!(reason, "line 4 is not a JSON object");
         assert!(letters[2].content.is_err());
+        let (_, reason) = letters[3].content.as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("line 6 is not a dead letter"),
+            "{reason}"
+        );
         let err = read(&dir.path().join("absent")).unwrap_err();
         assert!(format!("{err:#}").contains("absent"), "{err:#}");
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Why a registration could not be written (the [`DeadLetters`] file could
 /// not be opened or appended to).
@@ -33,9 +34,10 @@ pub struct DeadLetter<'a> {
     pub datagram: &'a [u8],
 }
 
-/// An append-only JSON-lines file of [`DeadLetter`]s, one object a line:
-/// `{"dead_at", "reason", "sender", "received_at", "datagram"}` where
-/// `datagram` is the original JSON object (or, if it was not JSON, its text).
+/// An append-only JSON-lines file of [`DeadLetter`]s, one
+/// [`DeadLetterLine`] a line: `{"dead_at", "reason", "sender",
+/// "received_at", "datagram"}` where `datagram` is the original JSON object
+/// (or, if it was not JSON, its text).
 /// Cheap to clone; clones append to the same file.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
@@ -94,18 +96,59 @@ impl DeadLetters {
     }
 }
 
+/// One line of the dead-letter file: the file format shared by the monitor,
+/// which appends them ([`DeadLetters`]), and `pysmurf-files-manager
+/// replay-dead-letters`, which reads them and writes the lines that still
+/// fail, in the same format, to `FILE.remaining`.
+///
+/// A line is one JSON object with exactly these keys, in this order:
+///
+/// ```text
+/// {"dead_at":1764748800.25,"reason":"...","sender":"127.0.0.1:5000","received_at":1764748800.0,"datagram":{...}}
+/// ```
+///
+/// Times are seconds since the Unix epoch (see [`epoch_seconds`]). The key
+/// order is part of the format (serialized in field order): operators read
+/// and `grep` these files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterLine {
+    /// When the registration was given up on.
+    pub dead_at: f64,
+    /// Why, in words an operator can act on.
+    pub reason: String,
+    /// Who sent the datagram (`ip:port`); `null` in a replay's remaining
+    /// line made from a line that was not a dead letter.
+    pub sender: Option<String>,
+    /// When the monitor received the datagram; `null` as `sender`.
+    pub received_at: Option<f64>,
+    /// The datagram as received: its JSON object, or (if it was not JSON)
+    /// its text, invalid UTF-8 replaced by U+FFFD.
+    pub datagram: Value,
+}
+
+impl DeadLetterLine {
+    /// The line for `letter`, given up on now.
+    pub fn of(letter: &DeadLetter<'_>) -> Self {
+        let datagram = serde_json::from_slice::<Value>(letter.datagram)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(letter.datagram).into()));
+        Self {
+            dead_at: epoch_seconds(SystemTime::now()),
+            reason: letter.reason.clone(),
+            sender: Some(letter.sender.to_string()),
+            received_at: Some(epoch_seconds(letter.received_at)),
+            datagram,
+        }
+    }
+
+    /// The line as its JSON text, without the newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a dead-letter line always serializes")
+    }
+}
+
 /// `letter` as its JSON line, newline included.
 fn line_of(letter: &DeadLetter<'_>) -> String {
-    let datagram = serde_json::from_slice::<Value>(letter.datagram)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(letter.datagram).into()));
-    let mut line = json!({
-        "dead_at": epoch_seconds(SystemTime::now()),
-        "reason": letter.reason,
-        "sender": letter.sender.to_string(),
-        "received_at": epoch_seconds(letter.received_at),
-        "datagram": datagram,
-    })
-    .to_string();
+    let mut line = DeadLetterLine::of(letter).to_json();
     line.push('\n');
     line
 }
@@ -223,8 +266,9 @@ impl DeadLetterWriter {
     }
 }
 
-/// Seconds since the Unix epoch (0 for earlier times).
-pub(crate) fn epoch_seconds(time: SystemTime) -> f64 {
+/// Seconds since the Unix epoch (0 for earlier times), as the dead-letter
+/// file ([`DeadLetterLine`]) and the OCS feeds write times.
+pub fn epoch_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
@@ -266,6 +310,31 @@ mod tests {
         assert_eq!(lines[0]["datagram"]["payload"]["path"], "/x");
         assert_eq!(lines[0]["sender"], "127.0.0.1:5000");
         assert_eq!(lines[1]["datagram"], "\u{fffd}not json");
+    }
+
+    /// The line is byte for byte what the monitor wrote before the type
+    /// existed (`json!` with the keys in this order), and reads back.
+    #[test]
+    fn a_line_keeps_its_keys_in_order_and_round_trips() {
+        let letter = DeadLetter {
+            reason: "r".into(),
+            sender: "127.0.0.1:5000".parse().unwrap(),
+            received_at: UNIX_EPOCH + std::time::Duration::from_millis(1500),
+            datagram: br#"{"id":"p","type":"data_file","payload":{"path":"/x"}}"#,
+        };
+        let line = DeadLetterLine::of(&letter);
+        let old = serde_json::json!({
+            "dead_at": line.dead_at,
+            "reason": "r",
+            "sender": "127.0.0.1:5000",
+            "received_at": 1.5,
+            "datagram": serde_json::from_slice::<Value>(letter.datagram).unwrap(),
+        })
+        .to_string();
+        assert_eq!(line.to_json(), old);
+        assert!(old.starts_with("{\"dead_at\":"), "{old}");
+        let back: DeadLetterLine = serde_json::from_str(&old).unwrap();
+        assert_eq!(back, line);
     }
 
     fn letter(reason: &str) -> Letter {

@@ -73,7 +73,7 @@ mod socket;
 mod spool;
 mod stats;
 
-pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
+pub use dead_letter::{epoch_seconds, DeadLetter, DeadLetterError, DeadLetterLine, DeadLetters};
 pub use guard::{AllowList, IpNet, IpNetParseError};
 pub use hasher::{FileHasher, HashError, WaitPolicy};
 pub use pipeline::{

@@ -62,6 +62,9 @@ pub struct MonitorStats {
     pub(crate) pending_md5: AtomicU64,
     pub(crate) pending_insert: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
+    /// Dead letters that could not be written (their registrations stay
+    /// in the spool).
+    pub(crate) dead_letter_errors: AtomicU64,
     pub(crate) session_messages: AtomicU64,
     pub(crate) metadata_messages: AtomicU64,
     pub(crate) feed_errors: AtomicU64,
@@ -170,6 +173,7 @@ impl MonitorStats {
             ("pending_insert", &self.pending_insert),
             ("spool_depth", &self.spool_depth),
             ("dead_letters", &self.dead_letters),
+            ("dead_letter_errors", &self.dead_letter_errors),
             ("session_messages", &self.session_messages),
             ("metadata_messages", &self.metadata_messages),
             ("feed_errors", &self.feed_errors),

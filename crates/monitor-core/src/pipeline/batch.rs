@@ -46,6 +46,7 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
         let (fates, error) = insert_isolating_rejects(shared, batch).await;
         let mut settled = Vec::new();
         let mut unsettled = Vec::new();
+        let mut left_in_spool = 0u64;
         for (hashed, fate) in batch.drain(..).zip(fates) {
             match fate {
                 Fate::Pending => unsettled.push(hashed),
@@ -58,13 +59,13 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
                 }
                 Fate::Committed => settled.extend(hashed.registration.spool_id),
                 Fate::Rejected(reason) => {
-                    dead_letter(
-                        shared,
-                        &hashed.registration.received,
-                        format!("rejected by the database: {reason}"),
-                    )
-                    .await;
-                    settled.extend(hashed.registration.spool_id);
+                    let reason = format!("rejected by the database: {reason}");
+                    if dead_letter(shared, &hashed.registration.received, reason).await {
+                        settled.extend(hashed.registration.spool_id);
+                    } else {
+                        // Left in the spool (not acked) for the next start.
+                        left_in_spool += 1;
+                    }
                 }
             }
         }
@@ -72,7 +73,7 @@ async fn commit(shared: &Shared, batch: &mut Vec<Hashed>, drain: &CancellationTo
         shared
             .stats
             .pending_insert
-            .fetch_sub(settled.len() as u64, Ordering::Relaxed);
+            .fetch_sub(settled.len() as u64 + left_in_spool, Ordering::Relaxed);
         ack(shared, &settled).await;
         let Some(err) = error else {
             shared.stats.set_database_error(None);

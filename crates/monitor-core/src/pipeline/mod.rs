@@ -534,11 +534,26 @@ fn publish(shared: &Shared, feed: &str, message: Value) {
 }
 
 /// Dead-letters a registration on the writer thread; returns once the
-/// letter is written (or its loss logged), so that the caller may then ack
-/// its spool record.
-async fn dead_letter(shared: &Shared, received: &Received, reason: String) {
-    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-    shared.dead_letters.write(letter(received, reason)).await;
+/// letter is written (`true`: the caller may then ack its spool record) or
+/// its write failed (`false`, counted in `dead_letter_errors` and logged:
+/// the caller must leave the record in the spool, so that the next start
+/// dead-letters it again instead of losing it).
+#[must_use]
+async fn dead_letter(shared: &Shared, received: &Received, reason: String) -> bool {
+    if shared.dead_letters.write(letter(received, reason)).await {
+        shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        true
+    } else {
+        shared
+            .stats
+            .dead_letter_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            sender = %received.sender,
+            "cannot write the dead letter: the registration stays in the spool for the next start"
+        );
+        false
+    }
 }
 
 /// Dead-letters a datagram that has no spool record, without waiting for

@@ -256,9 +256,11 @@ impl Hashing {
                         &err.to_string(),
                     );
                 }
-                dead_letter(shared, &registration.received, with_causes(&err)).await;
-                if let Some(id) = registration.spool_id {
-                    ack(shared, &[id]).await;
+                let reason = ocs_feed::error_with_causes(&err);
+                if dead_letter(shared, &registration.received, reason).await {
+                    if let Some(id) = registration.spool_id {
+                        ack(shared, &[id]).await;
+                    }
                 }
             }
         }
@@ -324,27 +326,11 @@ async fn registration_from(
             slot: None,
         }),
         Err(reason) => {
-            dead_letter(
-                shared,
-                &received,
-                format!("spooled record {}: {reason}", record.id),
-            )
-            .await;
-            ack(shared, &[record.id]).await;
+            let reason = format!("spooled record {}: {reason}", record.id);
+            if dead_letter(shared, &received, reason).await {
+                ack(shared, &[record.id]).await;
+            }
             None
         }
     }
-}
-
-/// An error's message followed by its causes (`Display` alone leaves out
-/// e.g. the "Permission denied" of an unreadable file).
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
