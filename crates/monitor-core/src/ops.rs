@@ -1,5 +1,6 @@
 //! The monitor's OCS operations: the `init` task and the `run` process.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +108,9 @@ pub(crate) fn register(
                     session.set_degraded(
                         !stats.database_up()
                             || spool_depth > DEGRADED_SPOOL_DEPTH
-                            || failure.is_some(),
+                            || failure.is_some()
+                            // Such registrations wait in the spool for a restart.
+                            || stats.dead_letter_errors.load(Ordering::Relaxed) > 0,
                     );
                     session.set_data(Value::Object(data));
                     if let (Some(reason), false) = (failure, reported_failure) {
