@@ -62,14 +62,20 @@ pub(crate) fn table(rows: &[StoredFile]) -> String {
             row.path.clone(),
         ]);
     }
-    let mut widths = [0; 8];
-    for line in &cells {
+    columns(&cells)
+}
+
+/// Lines of left-aligned columns two spaces apart, each as wide as its widest
+/// cell (the last column unpadded).
+pub(crate) fn columns<const N: usize>(cells: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for line in cells {
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for line in &cells {
+    for line in cells {
         let mut text = String::new();
         for (i, cell) in line.iter().enumerate() {
             if i + 1 == line.len() {

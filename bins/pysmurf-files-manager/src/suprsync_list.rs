@@ -65,24 +65,5 @@ pub(crate) fn table(files: &[SuprsyncStoredFile]) -> String {
             file.remote_path.clone(),
         ]);
     }
-    let mut widths = [0; 8];
-    for line in &cells {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in &cells {
-        let mut text = String::new();
-        for (i, cell) in line.iter().enumerate() {
-            if i + 1 == line.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::list::columns(&cells)
 }
