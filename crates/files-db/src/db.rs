@@ -222,6 +222,15 @@ impl FilesDb {
     }
 
     async fn open(target: &DbTarget, create_sqlite: bool, verify: bool) -> Result<Self, DbError> {
+        // An SQLite file that must exist and does not.
+        fn missing_file(action: String, path: &std::path::Path) -> DbError {
+            let missing = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            );
+            DbError::with_kind(action, FailureKind::CannotOpen, sqlx::Error::Io(missing))
+        }
+
         let action = || format!("connect to {target}");
         let fail = |err| DbError::new(action(), err);
         let pool = match &target.kind {
@@ -238,15 +247,7 @@ impl FilesDb {
             }
             TargetKind::Sqlite { path } => {
                 if !create_sqlite && !path.exists() {
-                    let missing = std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("{} does not exist", path.display()),
-                    );
-                    return Err(DbError::with_kind(
-                        action(),
-                        FailureKind::CannotOpen,
-                        sqlx::Error::Io(missing),
-                    ));
+                    return Err(missing_file(action(), path));
                 }
                 let pool_options = SqlitePoolOptions::new()
                     // One writer at a time is SQLite's rule; one connection avoids
@@ -263,15 +264,7 @@ impl FilesDb {
             }
             TargetKind::Suprsync { path, echo_sql } => {
                 if !create_sqlite && !path.exists() {
-                    let missing = std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("{} does not exist", path.display()),
-                    );
-                    return Err(DbError::with_kind(
-                        action(),
-                        FailureKind::CannotOpen,
-                        sqlx::Error::Io(missing),
-                    ));
+                    return Err(missing_file(action(), path));
                 }
                 // As socs: the database's directory is made when missing.
                 if create_sqlite {
