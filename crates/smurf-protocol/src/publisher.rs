@@ -167,6 +167,15 @@ impl Publisher {
         self.publish("data_file", &file.to_json())
     }
 
+    /// Encodes a message of type `kind` as the next datagram (it uses up a `seq_no`)
+    /// without sending it, for a sender that prepares its datagrams ahead of time, such as a
+    /// load generator; send the bytes through [`Publisher::socket`] to
+    /// [`Publisher::target`]. Unlike [`Publisher::publish`], nothing here refuses a datagram
+    /// over [`MAX_DATAGRAM_LEN`]: the caller checks the length.
+    pub fn prepare(&mut self, kind: &str, payload: &Value) -> Result<Vec<u8>, PublishError> {
+        self.encode(kind, payload).map(|(_, bytes)| bytes)
+    }
+
     fn encode(&mut self, kind: &str, payload: &Value) -> Result<(Envelope, Vec<u8>), PublishError> {
         let time = unix_now();
         let seq_no = self.next_seq_no;
@@ -321,6 +330,24 @@ mod tests {
             assert_eq!(received.message().kind(), kind);
             assert_eq!(received.payload(), &payload);
         }
+    }
+
+    #[test]
+    fn a_prepared_datagram_is_what_publish_would_send_and_uses_a_seq_no() {
+        let mut link = loopback();
+        let bytes = link
+            .publisher
+            .prepare("session_log", &json!("ahead"))
+            .unwrap();
+        assert_eq!(link.publisher.next_seq_no(), 1);
+        let prepared = Datagram::parse(&bytes).unwrap();
+        assert_eq!(prepared.envelope().seq_no, Some(0));
+        assert_eq!(prepared.payload(), &json!("ahead"));
+        let sent = link
+            .publisher
+            .publish("session_log", &json!("now"))
+            .unwrap();
+        assert_eq!(sent.seq_no, Some(1));
     }
 
     #[test]
