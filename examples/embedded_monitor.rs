@@ -13,8 +13,9 @@
 //! without one). Ctrl-C stops it; uncommitted registrations stay in
 //! `embedded_spool/` for the next start.
 
+use file_registration::Recorder;
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, Monitor, PipelineOptions, Recorder};
+use monitor_core::{bind_udp, Monitor, PipelineOptions};
 use ocs_feed::{Agent, OpOptions, SiteConfig};
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //!
 //! [`walk`] lists the regular files under the directories given (symbolic
 //! links are never followed, so a link cannot make a loop or lead outside
-//! them); [`derive`] reads the columns pysmurf's directory layout encodes;
+//! them); [`LayoutColumns`] reads the columns pysmurf's directory layout encodes;
 //! [`record`] hashes the files in batches, skips those already stored with the
 //! same (path, md5sum), and inserts the rest batch by batch, so an
 //! interrupted run keeps what it committed and a second run adds nothing.
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use file_registration::{FileHasher, HashError, LayoutColumns, Recorder, WaitPolicy};
 use files_db::{FailureKind, FileRow, FilesDb};
-use monitor_core::{FileHasher, HashError, Recorder, WaitPolicy};
 
 /// Files checked against the table, hashed and inserted together.
 const BATCH: usize = 500;
@@ -149,84 +149,15 @@ fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// The columns a path's place in pysmurf's layout gives:
-/// `<data>/<ctime5>/[<pub_id>/]<action_ts>_<action>/{outputs,plots}/…/FILE`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Derived {
-    pub(crate) action: Option<String>,
-    pub(crate) action_timestamp: Option<i64>,
-    pub(crate) plot: Option<bool>,
-    pub(crate) pub_id: Option<String>,
-    pub(crate) format: Option<String>,
-}
-
-/// Reads [`Derived`] from `path`. The innermost `<digits>_<action>`
-/// directory directly above `outputs` or `plots` is the action directory;
-/// `pub_id` is the directory between it and a five-digit `ctime5` directory.
-/// Outside the layout, action, action_timestamp, plot and pub_id are `None`.
-/// `format` is the file's extension wherever the file is (`None` without one).
-pub(crate) fn derive(path: &Path) -> Derived {
-    let format = path
-        .extension()
-        .and_then(|ext| ext.to_str())
-        .filter(|ext| !ext.is_empty())
-        .map(str::to_owned);
-    let parts: Vec<&str> = path
-        .parent()
-        .into_iter()
-        .flat_map(Path::components)
-        .filter_map(|c| match c {
-            Component::Normal(part) => part.to_str(),
-            _ => None,
-        })
-        .collect();
-    let mut derived = Derived {
-        format,
-        ..Derived::default()
-    };
-    let layout = (0..parts.len().saturating_sub(1)).rev().find_map(|i| {
-        let kind = parts[i + 1];
-        if kind != "outputs" && kind != "plots" {
-            return None;
-        }
-        action_dir(parts[i]).map(|(ts, action)| (i, ts, action, kind == "plots"))
-    });
-    let Some((i, ts, action, plot)) = layout else {
-        return derived;
-    };
-    let is_ctime5 = |part: &str| part.len() == 5 && part.bytes().all(|b| b.is_ascii_digit());
-    derived.pub_id = match i {
-        1.. if is_ctime5(parts[i - 1]) => None,
-        2.. if is_ctime5(parts[i - 2]) => Some(parts[i - 1].to_owned()),
-        _ => None,
-    };
-    derived.action = Some(action.to_owned());
-    derived.action_timestamp = Some(ts);
-    derived.plot = Some(plot);
-    derived
-}
-
-/// `1700000000_tune_band` → (1700000000, "tune_band"), when the time fits
-/// the column's 32-bit `INT`.
-fn action_dir(name: &str) -> Option<(i64, &str)> {
-    let (digits, action) = name.split_once('_')?;
-    if digits.is_empty() || action.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let ts: i64 = digits.parse().ok()?;
-    i32::try_from(ts).ok()?;
-    Some((ts, action))
-}
-
 /// The row backfill records for `path`.
 fn row_for(found: &Found, md5sum: [u8; 16], recorder: &Recorder) -> FileRow {
-    let derived = derive(Path::new(&found.path));
+    let columns = LayoutColumns::of(Path::new(&found.path));
     let mut row = FileRow::new(found.path.clone(), md5sum);
-    row.action = derived.action;
-    row.action_timestamp = derived.action_timestamp;
-    row.plot = derived.plot;
-    row.pub_id = derived.pub_id;
-    row.format = derived.format;
+    row.action = columns.action;
+    row.action_timestamp = columns.action_timestamp;
+    row.plot = columns.plot;
+    row.pub_id = columns.pub_id;
+    row.format = columns.format;
     row.timestamp = found.modified;
     row.site = Some(recorder.site.clone());
     row.instance_id = Some(recorder.instance_id.clone());
@@ -476,80 +407,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[track_caller]
-    fn check(path: &str, expected: Derived) {
-        assert_eq!(derive(Path::new(path)), expected, "{path}");
-    }
-
-    fn layout(action: &str, ts: i64, plot: bool, pub_id: Option<&str>, format: &str) -> Derived {
-        Derived {
-            action: Some(action.into()),
-            action_timestamp: Some(ts),
-            plot: Some(plot),
-            pub_id: pub_id.map(Into::into),
-            format: Some(format.into()),
-        }
-    }
-
-    #[test]
-    fn the_layout_gives_action_time_plot_and_pub_id() {
-        check(
-            "/data/smurf_data/17000/crate1slot2/1700000000_tune_band/outputs/1700000123_tune.npy",
-            layout(
-                "tune_band",
-                1_700_000_000,
-                false,
-                Some("crate1slot2"),
-                "npy",
-            ),
-        );
-        check(
-            "/data/smurf_data/17000/crate1slot2/1700000000_take_iv/plots/iv_b1.png",
-            layout("take_iv", 1_700_000_000, true, Some("crate1slot2"), "png"),
-        );
-        check(
-            "/data/17000/1700000000_noise/outputs/noise.txt",
-            layout("noise", 1_700_000_000, false, None, "txt"),
-        );
-        // Deeper below outputs/ still belongs to the action.
-        check(
-            "/d/17000/p/1700000000_tune/outputs/sub/dir/x.dat",
-            layout("tune", 1_700_000_000, false, Some("p"), "dat"),
-        );
-        // No ctime5 directory: the action is known, the pub_id is not.
-        check(
-            "/scratch/1700000000_tune/outputs/x.npy",
-            layout("tune", 1_700_000_000, false, None, "npy"),
-        );
-    }
-
-    #[test]
-    fn outside_the_layout_only_the_format_is_known() {
-        let only_format = |format: Option<&str>| Derived {
-            format: format.map(Into::into),
-            ..Derived::default()
-        };
-        check("/data/misc/readme.txt", only_format(Some("txt")));
-        check("/data/17000/crate1slot2/notes", only_format(None));
-        // The action directory must hold outputs/ or plots/ directly.
-        check(
-            "/data/17000/1700000000_tune/other/x.npy",
-            only_format(Some("npy")),
-        );
-        // outputs/ must be a directory above the file, not the file.
-        check("/data/17000/1700000000_tune/outputs", only_format(None));
-        check(
-            "/data/17000/tune_1700/outputs/x.g3",
-            only_format(Some("g3")),
-        );
-        // A time that does not fit the INT column is not an action time.
-        check(
-            "/data/99999999999_tune/outputs/x.npy",
-            only_format(Some("npy")),
-        );
-        check("/data/17000/.hidden", only_format(None));
-    }
 
     #[test]
     fn roots_are_absolute_without_dots() {

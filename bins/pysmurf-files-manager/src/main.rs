@@ -1,9 +1,10 @@
 //! `pysmurf-files-manager`: create, drop and inspect the `pysmurf_files_v<N>`
 //! table outside the monitor agent, list its recent rows, backfill files the
 //! monitor missed, and replay the monitor's dead letters. Each subcommand is a
-//! short function over `files_db` (and `monitor_core`) calls; backfill's
-//! walking and path derivation live in [`backfill`], the dead-letter replay in
-//! [`replay`], the listing's formats in [`list`].
+//! short function over `files_db` (and `file_registration`) calls; backfill's
+//! walking lives in [`backfill`] (the columns pysmurf's directory layout gives
+//! in `file_registration`), the dead-letter replay in [`replay`], the
+//! listing's formats in [`list`].
 //!
 //! The database is chosen as the monitor chooses it: `--db-url`, else the
 //! `MYSQL_*` environment (MariaDB), else the SQLite file `--sqlite-file`.
@@ -253,8 +254,8 @@ async fn run(args: Args) -> Result<()> {
     }
 }
 
-fn recorder(site: String, instance_id: String) -> monitor_core::Recorder {
-    monitor_core::Recorder {
+fn recorder(site: String, instance_id: String) -> file_registration::Recorder {
+    file_registration::Recorder {
         site,
         instance_id,
         program: PROGRAM.to_owned(),
@@ -413,7 +414,7 @@ async fn list_suprsync(
 async fn backfill(
     target: &DbTarget,
     dirs: &[PathBuf],
-    recorder: &monitor_core::Recorder,
+    recorder: &file_registration::Recorder,
     jobs: usize,
     dry_run: bool,
     archive: Option<String>,
@@ -454,7 +455,7 @@ async fn backfill(
 async fn replay_dead_letters(
     target: &DbTarget,
     file: &std::path::Path,
-    recorder: &monitor_core::Recorder,
+    recorder: &file_registration::Recorder,
     data_roots: &[PathBuf],
 ) -> Result<()> {
     let letters = replay::read(file)?;

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use files_db::{FailureKind, FilesDb};
-use monitor_core::{
+use file_registration::{
     epoch_seconds, file_row, registered_path, DeadLetterLine, FileHasher, HashError, Recorder,
     WaitPolicy,
 };
+use files_db::{FailureKind, FilesDb};
 use serde_json::Value;
 use smurf_protocol::{Datagram, Message};
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use file_registration::{Recorder, WaitPolicy};
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, IpNet, Monitor, PipelineOptions, Recorder, WaitPolicy};
+use monitor_core::{bind_udp, IpNet, Monitor, PipelineOptions};
 use ocs_feed::{Agent, HasSiteArgs, SiteArgs, SiteConfig, SiteError};
 use tokio_util::sync::CancellationToken;
 

@@ -1,14 +1,15 @@
 //! The dead-letter file: registrations the monitor could not record, kept
-//! with the reason so an operator can fix and replay them.
+//! with the reason so an operator can fix and replay them. Its line format,
+//! [`DeadLetterLine`], is `file-registration`'s (the files manager reads it);
+//! this module writes it.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use file_registration::DeadLetterLine;
 
 /// Why a registration could not be written (the [`DeadLetters`] file could
 /// not be opened or appended to).
@@ -96,59 +97,15 @@ impl DeadLetters {
     }
 }
 
-/// One line of the dead-letter file: the file format shared by the monitor,
-/// which appends them ([`DeadLetters`]), and `pysmurf-files-manager
-/// replay-dead-letters`, which reads them and writes the lines that still
-/// fail, in the same format, to `FILE.remaining`.
-///
-/// A line is one JSON object with exactly these keys, in this order:
-///
-/// ```text
-/// {"dead_at":1764748800.25,"reason":"...","sender":"127.0.0.1:5000","received_at":1764748800.0,"datagram":{...}}
-/// ```
-///
-/// Times are seconds since the Unix epoch (see [`epoch_seconds`]). The key
-/// order is part of the format (serialized in field order): operators read
-/// and `grep` these files.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterLine {
-    /// When the registration was given up on.
-    pub dead_at: f64,
-    /// Why, in words an operator can act on.
-    pub reason: String,
-    /// Who sent the datagram (`ip:port`); `null` in a replay's remaining
-    /// line made from a line that was not a dead letter.
-    pub sender: Option<String>,
-    /// When the monitor received the datagram; `null` as `sender`.
-    pub received_at: Option<f64>,
-    /// The datagram as received: its JSON object, or (if it was not JSON)
-    /// its text, invalid UTF-8 replaced by U+FFFD.
-    pub datagram: Value,
-}
-
-impl DeadLetterLine {
-    /// The line for `letter`, given up on now.
-    pub fn of(letter: &DeadLetter<'_>) -> Self {
-        let datagram = serde_json::from_slice::<Value>(letter.datagram)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(letter.datagram).into()));
-        Self {
-            dead_at: epoch_seconds(SystemTime::now()),
-            reason: letter.reason.clone(),
-            sender: Some(letter.sender.to_string()),
-            received_at: Some(epoch_seconds(letter.received_at)),
-            datagram,
-        }
-    }
-
-    /// The line as its JSON text, without the newline.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a dead-letter line always serializes")
-    }
-}
-
 /// `letter` as its JSON line, newline included.
 fn line_of(letter: &DeadLetter<'_>) -> String {
-    let mut line = DeadLetterLine::of(letter).to_json();
+    let mut line = DeadLetterLine::new(
+        letter.reason.as_str(),
+        letter.sender,
+        letter.received_at,
+        letter.datagram,
+    )
+    .to_json();
     line.push('\n');
     line
 }
@@ -266,17 +223,11 @@ impl DeadLetterWriter {
     }
 }
 
-/// Seconds since the Unix epoch (0 for earlier times), as the dead-letter
-/// file ([`DeadLetterLine`]) and the OCS feeds write times.
-pub fn epoch_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn letters_are_json_lines_with_the_original_datagram() {
@@ -310,31 +261,6 @@ mod tests {
         assert_eq!(lines[0]["datagram"]["payload"]["path"], "/x");
         assert_eq!(lines[0]["sender"], "127.0.0.1:5000");
         assert_eq!(lines[1]["datagram"], "\u{fffd}not json");
-    }
-
-    /// The line is byte for byte what the monitor wrote before the type
-    /// existed (`json!` with the keys in this order), and reads back.
-    #[test]
-    fn a_line_keeps_its_keys_in_order_and_round_trips() {
-        let letter = DeadLetter {
-            reason: "r".into(),
-            sender: "127.0.0.1:5000".parse().unwrap(),
-            received_at: UNIX_EPOCH + std::time::Duration::from_millis(1500),
-            datagram: br#"{"id":"p","type":"data_file","payload":{"path":"/x"}}"#,
-        };
-        let line = DeadLetterLine::of(&letter);
-        let old = serde_json::json!({
-            "dead_at": line.dead_at,
-            "reason": "r",
-            "sender": "127.0.0.1:5000",
-            "received_at": 1.5,
-            "datagram": serde_json::from_slice::<Value>(letter.datagram).unwrap(),
-        })
-        .to_string();
-        assert_eq!(line.to_json(), old);
-        assert!(old.starts_with("{\"dead_at\":"), "{old}");
-        let back: DeadLetterLine = serde_json::from_str(&old).unwrap();
-        assert_eq!(back, line);
     }
 
     fn letter(reason: &str) -> Letter {

@@ -2,10 +2,13 @@
 //! datagram to a committed row of `pysmurf_files_v1` or an OCS feed message,
 //! losing nothing and doubling nothing on the way. It does not own how the
 //! monitor is launched (arguments, logging, signals: `bins/pysmurf-monitor`),
-//! the datagram format (`smurf-protocol`), SQL (`files-db`) or being an OCS
-//! agent (`ocs-feed`).
+//! the datagram format (`smurf-protocol`), SQL (`files-db`), being an OCS
+//! agent (`ocs-feed`), or what it shares with `pysmurf-files-manager` about a
+//! file registration: its row, the md5 of its file, the dead-letter line
+//! (`file-registration`).
 //!
-//! The pipeline ([`Monitor`]): receiver → router → [`Spool`] → [`FileHasher`]
+//! The pipeline ([`Monitor`]): receiver → router → [`Spool`] →
+//! [`FileHasher`](file_registration::FileHasher)
 //! → batcher → [`files_db::FilesDb`], with `session_data`/`session_log`
 //! datagrams relayed unchanged on [`SESSION_FEED`] and streamer metadata on
 //! `<stream-id>_meta`. A registration is durable in the spool before anything
@@ -19,7 +22,8 @@
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use files_db::{DbTarget, FilesDb};
-//! use monitor_core::{bind_udp, Monitor, PipelineOptions, Recorder};
+//! use file_registration::Recorder;
+//! use monitor_core::{bind_udp, Monitor, PipelineOptions};
 //! use ocs_feed::{Agent, SiteConfig};
 //! use tokio_util::sync::CancellationToken;
 //!
@@ -37,50 +41,22 @@
 //! monitor.run(bind_udp("127.0.0.1:8200".parse()?)?, shutdown).await?;
 //! # Ok(()) }
 //! ```
-//!
-//! The pieces are usable alone too, e.g. the row a file datagram registers:
-//!
-//! ```
-//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use monitor_core::{file_row, FileHasher, Recorder, WaitPolicy};
-//! use smurf_protocol::{Datagram, Message};
-//!
-//! let dir = tempfile::tempdir().unwrap();
-//! let path = dir.path().join("1700000000_tune.npy");
-//! std::fs::write(&path, b"data").unwrap();
-//! let json = format!(
-//!     r#"{{"id":"crate1slot2","type":"data_file","payload":{{"path":"{}","format":"npy"}}}}"#,
-//!     path.display()
-//! );
-//! let datagram = Datagram::parse(json.as_bytes()).unwrap();
-//! let Message::DataFile(file) = datagram.message() else { unreachable!() };
-//!
-//! let md5 = FileHasher::new(4, WaitPolicy::default()).md5(&path).await.unwrap();
-//! let recorder = Recorder::this_program("observatory", "pysmurf-monitor");
-//! let row = file_row(datagram.envelope(), file, &recorder, md5);
-//! assert_eq!(row.pub_id.as_deref(), Some("crate1slot2"));
-//! # });
-//! ```
 
 mod dead_letter;
 mod fault;
 mod guard;
-mod hasher;
 mod ops;
 mod pipeline;
-mod registration;
 mod socket;
 mod spool;
 mod stats;
 
-pub use dead_letter::{epoch_seconds, DeadLetter, DeadLetterError, DeadLetterLine, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
 pub use guard::{AllowList, IpNet, IpNetParseError};
-pub use hasher::{FileHasher, HashError, WaitPolicy};
 pub use pipeline::{
     Monitor, MonitorError, PipelineError, PipelineOptions, DEGRADED_SPOOL_DEPTH, SESSION_FEED,
     STATS_FEED,
 };
-pub use registration::{file_row, registered_path, Recorder};
 pub use socket::{bind_udp, RECEIVE_BUFFER_BYTES};
 pub use spool::{Spool, SpoolCursor, SpoolError, SpoolId, SpoolPage, SpooledRecord};
 pub use stats::{MonitorStats, RejectReason};

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use file_registration::{Recorder, WaitPolicy};
 use files_db::{DbTarget, FileFilter, FilesDb};
-use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions, Recorder, WaitPolicy};
+use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions};
 use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
 use sqlx::{Connection, SqliteConnection};
 use tokio::task::JoinHandle;

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use file_registration::Recorder;
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions, Recorder};
+use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions};
 use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

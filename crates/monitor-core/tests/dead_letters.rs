@@ -5,8 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use file_registration::{Recorder, WaitPolicy};
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions, Recorder, WaitPolicy};
+use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions};
 use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
 use tokio_util::sync::CancellationToken;
 

@@ -14,6 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use file_registration::{
+    epoch_seconds, file_row, registered_path, FileHasher, Recorder, WaitPolicy,
+};
 use files_db::suprsync::{SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE};
 use files_db::{FailureKind, FileRow, FilesDb};
 use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
@@ -24,10 +27,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{epoch_seconds, DeadLetterWriter, DeadLetters, Letter};
+use crate::dead_letter::{DeadLetterWriter, DeadLetters, Letter};
 use crate::guard::{AllowList, LogLimiter};
-use crate::hasher::{FileHasher, WaitPolicy};
-use crate::registration::{file_row, registered_path, Recorder};
 use crate::spool::{Spool, SpoolCursor, SpoolId, SpooledRecord};
 use crate::stats::{MonitorStats, RejectReason};
 

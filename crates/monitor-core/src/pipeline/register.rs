@@ -9,7 +9,7 @@
 //! at start-up is the same path: the spool starts as one long backlog.
 
 use super::*;
-use crate::hasher::HashError;
+use file_registration::HashError;
 
 /// Registrations held in memory between the spool and the database.
 pub(super) const IN_MEMORY: usize = 4_096;

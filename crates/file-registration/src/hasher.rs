@@ -77,7 +77,7 @@ pub enum HashError {
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use monitor_core::{FileHasher, WaitPolicy};
+/// use file_registration::{FileHasher, WaitPolicy};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.txt");
@@ -131,9 +131,9 @@ impl FileHasher {
     }
 
     /// [`md5`](Self::md5), calling `before_wait` each time the file is not
-    /// there yet, before waiting for it (the pipeline gives back its
-    /// in-memory slot then).
-    pub(crate) async fn md5_waiting(
+    /// there yet, before waiting for it (the monitor's pipeline gives back
+    /// its in-memory slot then).
+    pub async fn md5_waiting(
         &self,
         path: &Path,
         mut before_wait: impl FnMut(),

@@ -32,7 +32,7 @@ impl Recorder {
 /// stored with it (as the socs agent does).
 ///
 /// ```
-/// use monitor_core::registered_path;
+/// use file_registration::registered_path;
 /// use smurf_protocol::FilePayload;
 ///
 /// let mut file = FilePayload::new("/data/1700000000_tune", "tuning");
