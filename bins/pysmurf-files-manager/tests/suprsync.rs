@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
+use files_db::testing::suprsync_tempdir;
 use files_db::{DbTarget, FilesDb};
 
 fn manager(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -35,23 +36,9 @@ fn file(path: &Path, mtime: u64) {
         .unwrap();
 }
 
-/// A temporary directory whose path has none of socs's `deletable` keywords.
-fn clean_tempdir() -> tempfile::TempDir {
-    loop {
-        let dir = tempfile::Builder::new().prefix("sr").tempdir().unwrap();
-        let path = dir.path().to_str().unwrap();
-        if !["iv", "tune", "channel_assignment"]
-            .iter()
-            .any(|k| path.contains(k))
-        {
-            return dir;
-        }
-    }
-}
-
 #[tokio::test]
 async fn create_status_list_and_backfill_on_suprsyncs_database() {
-    let work = clean_tempdir();
+    let work = suprsync_tempdir();
     let root = work.path();
     let db_path = root.join("databases/suprsync.db");
     let db_arg = db_path.to_str().unwrap();

@@ -6,18 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_exactly_once, numbered, register_numbered, wait_below, wait_for_rows, write_file,
-    MonitorProcess,
+    assert_exactly_once, blocking, blocking_on, numbered, wait_below, wait_for_rows, write_file,
+    MonitorProcess, Stream,
 };
 use files_db::testing::{GaleraCluster, TestDatabase};
 use files_db::FilesDb;
-use smurf_protocol::{FilePayload, Publisher};
+use smurf_protocol::FilePayload;
 
 /// Monitors writing to the one database at once.
 const MONITORS: usize = 8;
@@ -148,49 +146,6 @@ async fn monitors_bursting_into_one_database_record_each_file_exactly_once() {
 /// The database the Galera test's cluster holds.
 const GALERA_DATABASE: &str = "pysmurf_files";
 
-/// Registers numbered files at a steady rate from a thread of its own until
-/// [`Stream::finish`].
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<Vec<PathBuf>>,
-}
-
-impl Stream {
-    fn start(mut publisher: Publisher, dir: &Path, per_second: u32) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let period = Duration::from_secs(1) / per_second;
-        let dir = dir.to_owned();
-        let thread = std::thread::spawn({
-            let (stop, sent) = (stop.clone(), sent.clone());
-            move || {
-                let mut paths = Vec::new();
-                let mut next = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    let i = paths.len();
-                    register_numbered(&mut publisher, &dir, i..i + 1);
-                    paths.push(numbered(&dir, i));
-                    sent.store(paths.len(), Ordering::SeqCst);
-                    next += period;
-                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                }
-                paths
-            }
-        });
-        Stream { stop, sent, thread }
-    }
-
-    fn sent(&self) -> usize {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    fn finish(self) -> Vec<PathBuf> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("the registering thread")
-    }
-}
-
 /// Rows of `instance` in the table, as node `node` sees them.
 async fn rows_of(cluster: &GaleraCluster, node: usize, table: &str, instance: &str) -> u64 {
     let rows = cluster
@@ -212,11 +167,7 @@ async fn rows_of(cluster: &GaleraCluster, node: usize, table: &str, instance: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_monitors_on_a_galera_cluster_lose_and_double_nothing_when_a_node_dies() {
     let started = Instant::now();
-    let Some(mut cluster) =
-        tokio::task::spawn_blocking(|| GaleraCluster::start("cluster_galera", 3))
-            .await
-            .unwrap()
-    else {
+    let Some(cluster) = blocking(|| GaleraCluster::start("cluster_galera", 3)).await else {
         return;
     };
     eprintln!("three Galera nodes synced after {:?}", started.elapsed());
@@ -240,18 +191,13 @@ async fn three_monitors_on_a_galera_cluster_lose_and_double_nothing_when_a_node_
             &[],
             &["--db-url", &url, "--instance-id", &instance],
         );
-        let stream = Stream::start(monitor.publisher(), work.path(), 100);
+        let stream = Stream::start(monitor.publisher(), work.path(), 0, 100);
         monitors.push((work, instance, monitor, stream));
     }
     common::wait_for_at_least(&db, 300, Duration::from_secs(30)).await;
 
     // Node 3 crashes: monitor 3 must move its rows to a healthy node.
-    let mut cluster = tokio::task::spawn_blocking(move || {
-        cluster.kill(2);
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = blocking_on(cluster, |cluster| cluster.kill(2)).await;
     let killed = Instant::now();
     let at_kill = rows_of(&cluster, 0, &table, "galera-2").await;
     let sent_at_kill = monitors[2].3.sent();
@@ -285,12 +231,7 @@ async fn three_monitors_on_a_galera_cluster_lose_and_double_nothing_when_a_node_
 
     // Node 3 comes back (a full state transfer after the crash).
     let restarting = Instant::now();
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart(2);
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = blocking_on(cluster, |cluster| cluster.restart(2)).await;
     eprintln!(
         "node 3 rejoined and synced after {:?}",
         restarting.elapsed()

@@ -5,28 +5,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    md5sum_tool, numbered, only_row, register_numbered, wait_for_rows, write_file, MonitorProcess,
+    blocking_on, connect_default_sqlite, md5sum_tool, numbered, only_row, private_router,
+    register_numbered, run_ocs_client, shared_router, wait_for_dead_letters, wait_for_rows,
+    write_file, Backend, MonitorProcess,
 };
 use files_db::testing::TestDatabase;
-use files_db::{DbTarget, FilesDb};
+use files_db::FilesDb;
 use ocs_feed::testing::{self as ocs_testing, Gate, Subscriber};
 use serde_json::json;
 use smurf_protocol::{FilePayload, Publisher};
 
 /// Every kind of datagram around three registrations; every column checked.
-/// The monitor runs in `work` with `env` and must write to `target`.
-async fn records_exactly_what_was_registered(
-    work: &Path,
-    target: DbTarget,
-    env: &[(&str, String)],
-) {
-    let data = work.join("data");
-    let monitor = MonitorProcess::start(work, env, &[]);
+/// The monitor runs in `backend`'s working directory and environment and must
+/// write to its target.
+async fn records_exactly_what_was_registered(backend: &Backend) {
+    let data = backend.work.path().join("data");
+    let monitor = MonitorProcess::start(backend.work.path(), &backend.env, &[]);
     let mut publisher = monitor.publisher();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 
@@ -72,7 +70,7 @@ async fn records_exactly_what_was_registered(
         .publish("session_data", &json!({"x": [1, 2]}))
         .unwrap();
 
-    let db = FilesDb::connect(&target).await.unwrap();
+    let db = FilesDb::connect(&backend.target).await.unwrap();
     wait_for_rows(&db, 3, Duration::from_secs(20)).await;
     let program = format!("pysmurf-monitor-rs {}", env!("CARGO_PKG_VERSION"));
 
@@ -115,24 +113,20 @@ async fn records_exactly_what_was_registered(
 async fn records_every_column_on_the_embedded_sqlite_default_without_a_router() {
     // With no database configured, the monitor writes pysmurf_files.db in
     // its working directory.
-    let work = tempfile::tempdir().unwrap();
-    let target = DbTarget::sqlite(work.path().join("pysmurf_files.db"));
-    records_exactly_what_was_registered(work.path(), target, &[]).await;
+    records_exactly_what_was_registered(&Backend::sqlite_default()).await;
 }
 
 #[tokio::test]
 async fn records_every_column_on_mariadb() {
-    let Some(test_db) = TestDatabase::create("monitor_mariadb_columns").await else {
+    let Some(backend) = Backend::mariadb("monitor_mariadb_columns").await else {
         return;
     };
-    let env: Vec<(&str, String)> = test_db.env().to_vec();
-    let work = tempfile::tempdir().unwrap();
-    records_exactly_what_was_registered(work.path(), test_db.target().clone(), &env).await;
+    records_exactly_what_was_registered(&backend).await;
     assert!(
-        !work.path().join("pysmurf_files.db").exists(),
+        !backend.work.path().join("pysmurf_files.db").exists(),
         "MYSQL_* selects MariaDB, not the SQLite default"
     );
-    test_db.drop_database().await;
+    backend.finish().await;
 }
 
 /// A row the database refuses (a path longer than its column) goes to the
@@ -156,16 +150,9 @@ async fn a_rejected_row_is_dead_lettered_and_blocks_nothing() {
             .unwrap();
         paths.push(path);
     }
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, 4, Duration::from_secs(20)).await;
-    let dead_letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dead_letters.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = std::fs::read_to_string(&dead_letters).expect("a dead-letter file");
+    let text = wait_for_dead_letters(work.path(), Duration::from_secs(10), |_| true).await;
     let letters: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -186,13 +173,10 @@ async fn a_rejected_row_is_dead_lettered_and_blocks_nothing() {
 /// `kill -9` while registrations are spooled but not committed (their files
 /// appear only later): after a restart every registration is in the table
 /// exactly once.
-async fn kill_9_loses_nothing_and_doubles_nothing(
-    work: &Path,
-    target: DbTarget,
-    env: &[(&str, String)],
-) {
+async fn kill_9_loses_nothing_and_doubles_nothing(backend: &Backend) {
     const EARLY: usize = 300;
     const LATE: usize = 200;
+    let (work, env) = (backend.work.path(), &backend.env);
     let data = work.join("data");
     let monitor = MonitorProcess::start(work, env, &[]);
     let mut publisher = monitor.publisher();
@@ -212,7 +196,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let db = FilesDb::connect(&target).await.unwrap();
+    let db = FilesDb::connect(&backend.target).await.unwrap();
     wait_for_rows(&db, EARLY as u64, Duration::from_secs(60)).await;
     // The late ones are spooled and waiting for their files.
     monitor.kill_9();
@@ -235,20 +219,16 @@ async fn kill_9_loses_nothing_and_doubles_nothing(
 
 #[tokio::test]
 async fn kill_9_then_restart_on_sqlite() {
-    let work = tempfile::tempdir().unwrap();
-    let target = DbTarget::sqlite(work.path().join("pysmurf_files.db"));
-    kill_9_loses_nothing_and_doubles_nothing(work.path(), target, &[]).await;
+    kill_9_loses_nothing_and_doubles_nothing(&Backend::sqlite_default()).await;
 }
 
 #[tokio::test]
 async fn kill_9_then_restart_on_mariadb() {
-    let Some(test_db) = TestDatabase::create("monitor_kill_9").await else {
+    let Some(backend) = Backend::mariadb("monitor_kill_9").await else {
         return;
     };
-    let env: Vec<(&str, String)> = test_db.env().to_vec();
-    let work = tempfile::tempdir().unwrap();
-    kill_9_loses_nothing_and_doubles_nothing(work.path(), test_db.target().clone(), &env).await;
-    test_db.drop_database().await;
+    kill_9_loses_nothing_and_doubles_nothing(&backend).await;
+    backend.finish().await;
 }
 
 /// MariaDB unreachable mid-stream: registrations keep being received and
@@ -259,24 +239,9 @@ async fn a_database_outage_delays_rows_but_loses_and_doubles_none() {
     let Some(test_db) = TestDatabase::create("monitor_db_outage").await else {
         return;
     };
-    let env: HashMap<&str, String> = test_db.env().iter().cloned().collect();
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(
-        env["MYSQL_HOST"].as_str(),
-        env["MYSQL_PORT"].parse::<u16>().unwrap(),
-    ))
-    .unwrap()
-    .next()
-    .unwrap();
     // A real outage as the monitor sees it, without stopping the server other tests use.
-    let proxy = Gate::start(upstream.port()).await;
-    let mut monitor_env: Vec<(&str, String)> = test_db.env().to_vec();
-    for (name, value) in &mut monitor_env {
-        match *name {
-            "MYSQL_HOST" => *value = "127.0.0.1".into(),
-            "MYSQL_PORT" => *value = proxy.port.to_string(),
-            _ => {}
-        }
-    }
+    let proxy = Gate::start(test_db.server_port()).await;
+    let monitor_env = test_db.env_through(proxy.port);
     let work = tempfile::tempdir().unwrap();
     let monitor = MonitorProcess::start(work.path(), &monitor_env, &[]);
     let mut publisher = monitor.publisher();
@@ -311,13 +276,9 @@ async fn a_database_outage_delays_rows_but_loses_and_doubles_none() {
 /// the real `OCSClient` sees the `init` task and the `run` process counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, venv)) = shared_router().await else {
         return;
     };
-    let venv = ocs_testing::venv().expect("venv present when the router is");
     let instance = format!("pysmurf-monitor-e2e-{}", std::process::id());
     let address = format!("{}.{instance}", ocs_testing::ROOT);
     let topic = |feed: &str| format!("{address}.feeds.{feed}");
@@ -333,20 +294,14 @@ async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
     .await;
 
     // Real MariaDB when the test script provides it, as in production.
-    let test_db = TestDatabase::create("monitor_feeds").await;
-    let env: Vec<(&str, String)> = test_db
-        .as_ref()
-        .map(|d| d.env().to_vec())
-        .unwrap_or_default();
-    let work = tempfile::tempdir().unwrap();
-    let target = test_db.as_ref().map_or_else(
-        || DbTarget::sqlite(work.path().join("pysmurf_files.db")),
-        |d| d.target().clone(),
-    );
+    let backend = Backend::mariadb("monitor_feeds")
+        .await
+        .unwrap_or_else(Backend::sqlite_default);
+    let work = &backend.work;
     let hub = router.ws_url();
     let monitor = MonitorProcess::start(
         work.path(),
-        &env,
+        &backend.env,
         &["--site-hub", &hub, "--instance-id", &instance],
     );
     // Joined once its heartbeat is heard.
@@ -417,19 +372,9 @@ async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
         .register_file(&FilePayload::new(file.to_str().unwrap(), "txt"))
         .unwrap();
     let site_file = router.site_file(work.path());
-    let out = tokio::process::Command::new(venv.join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/monitor_client.py"))
-        .arg(&site_file)
-        .arg(&instance)
-        .output()
+    let client = run_ocs_client(&venv, "monitor_client.py", &site_file, &instance)
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let client: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .unwrap_or_else(|stderr| panic!("{stderr}"));
     assert_eq!(client["agent_class"], "PysmurfMonitor");
     assert_eq!(client["tasks"], json!(["init"]));
     assert_eq!(client["processes"], json!(["run"]));
@@ -452,12 +397,10 @@ async fn feeds_and_ops_work_with_a_real_router_and_real_clients() {
     assert_eq!(run["data"]["metadata_messages"], 1, "{client}");
     assert_eq!(run["data"]["database_up"], true, "{client}");
     assert_eq!(monitor.terminate(), 0);
-    let db = FilesDb::connect(&target).await.unwrap();
+    let db = FilesDb::connect(&backend.target).await.unwrap();
     assert_eq!(only_row(&db, &file).await.row.md5sum, md5sum_tool(&file));
     db.close().await;
-    if let Some(test_db) = test_db {
-        test_db.drop_database().await;
-    }
+    backend.finish().await;
 }
 
 /// Guard rails: datagrams from outside `--allow-from`, over 64000 bytes, or
@@ -506,9 +449,7 @@ async fn guard_rails_refuse_and_the_valid_datagrams_around_them_land() {
         publisher.register_file(&payload).unwrap();
         expected.push(path);
     }
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, 20, Duration::from_secs(20)).await;
     for path in &expected {
         assert_eq!(
@@ -516,13 +457,11 @@ async fn guard_rails_refuse_and_the_valid_datagrams_around_them_land() {
             Some("crate1slot2")
         );
     }
-    let dead = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&dead).map_or(0, |t| t.lines().count()) < 20 {
-        assert!(Instant::now() < deadline, "20 dead letters for the escapes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = std::fs::read_to_string(&dead).unwrap();
+    // 20 dead letters for the escapes.
+    let text = wait_for_dead_letters(work.path(), Duration::from_secs(10), |t| {
+        t.lines().count() >= 20
+    })
+    .await;
     assert!(
         text.lines().all(|l| l.contains("outside the data roots")),
         "{text}"
@@ -539,12 +478,7 @@ async fn router_failures_never_cost_a_registration() {
     let Some(venv) = ocs_testing::venv() else {
         return;
     };
-    let router = tokio::task::spawn_blocking({
-        let venv = venv.clone();
-        move || ocs_testing::Crossbar::start(&venv).expect("start a router of our own")
-    })
-    .await
-    .unwrap();
+    let router = private_router(&venv).await;
     let work = tempfile::tempdir().unwrap();
     let instance = format!("pysmurf-monitor-faults-{}", std::process::id());
     let hub = router.ws_url();
@@ -554,27 +488,18 @@ async fn router_failures_never_cost_a_registration() {
         &["--site-hub", &hub, "--instance-id", &instance],
     );
     let mut publisher = monitor.publisher();
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     let mut register = |range| register_numbered(&mut publisher, work.path(), range);
 
     register(0..100);
-    let router = tokio::task::spawn_blocking(move || {
-        router.kill();
-        router
-    })
-    .await
-    .unwrap();
+    let router = blocking_on(router, |router| router.kill()).await;
     register(100..200);
     wait_for_rows(&db, 200, Duration::from_secs(20)).await;
-    let router = tokio::task::spawn_blocking(move || {
+    let router = blocking_on(router, |router| {
         router.restart();
         router.pause();
-        router
     })
-    .await
-    .unwrap();
+    .await;
     register(200..300);
     wait_for_rows(&db, 300, Duration::from_secs(20)).await;
     router.resume();
@@ -588,28 +513,21 @@ async fn router_failures_never_cost_a_registration() {
     let site_file = router.site_file(work.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = tokio::process::Command::new(venv.join("bin/python"))
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/monitor_client.py"))
-            .arg(&site_file)
-            .arg(&instance)
-            .output()
-            .await
-            .unwrap();
-        if out.status.success() {
-            let client: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            // The `run` session refreshes its data once a second: a first
-            // answer may predate the last rows.
-            let registered = &client["run"]["session"]["data"]["files_registered"];
-            if *registered == 400 {
-                break;
+        match run_ocs_client(&venv, "monitor_client.py", &site_file, &instance).await {
+            Ok(client) => {
+                // The `run` session refreshes its data once a second: a first
+                // answer may predate the last rows.
+                let registered = &client["run"]["session"]["data"]["files_registered"];
+                if *registered == 400 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{client}");
             }
-            assert!(Instant::now() < deadline, "{client}");
+            Err(stderr) => assert!(
+                Instant::now() < deadline,
+                "the monitor did not rejoin: {stderr}"
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the monitor did not rejoin: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(monitor.terminate(), 0);
@@ -718,21 +636,16 @@ async fn bad_input_is_refused_counted_and_loses_nothing_around_it() {
     register_valid(&mut publisher, &mut valid);
     sent += 1;
 
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, valid.len() as u64, Duration::from_secs(30)).await;
     for path in &valid {
         only_row(&db, path).await;
     }
-    let dead_letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
     let expected_dead = refused_paths.len() + unreadable.len() + 1;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&dead_letters).map_or(0, |t| t.lines().count()) < expected_dead {
-        assert!(Instant::now() < deadline, "{expected_dead} dead letters");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let letters = std::fs::read_to_string(&dead_letters).unwrap();
+    let letters = wait_for_dead_letters(work.path(), Duration::from_secs(20), |t| {
+        t.lines().count() >= expected_dead
+    })
+    .await;
     for reason in [
         "empty path",
         "relative path",
@@ -805,10 +718,7 @@ async fn a_dropped_table_is_recreated_and_nothing_after_is_lost() {
 /// to run, as OCS agents do, and says why; the first keeps recording.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_with_the_same_instance_id_exits_with_a_clear_error() {
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, _)) = shared_router().await else {
         return;
     };
     let instance = format!("pysmurf-monitor-twin-{}", std::process::id());
@@ -848,9 +758,7 @@ async fn a_second_agent_with_the_same_instance_id_exits_with_a_clear_error() {
         .publisher()
         .register_file(&FilePayload::new(file.to_str().unwrap(), "dat"))
         .unwrap();
-    let db = FilesDb::connect(&DbTarget::sqlite(first_dir.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(first_dir.path()).await;
     wait_for_rows(&db, 1, Duration::from_secs(20)).await;
     assert_eq!(first.terminate(), 0);
     db.close().await;
@@ -932,9 +840,7 @@ async fn a_file_without_read_permission_is_dead_lettered_and_the_others_land() {
             .register_file(&FilePayload::new(path.to_str().unwrap(), "dat"))
             .unwrap();
     }
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, 2, Duration::from_secs(20)).await;
     only_row(&db, &before).await;
     only_row(&db, &after).await;
@@ -943,16 +849,11 @@ async fn a_file_without_read_permission_is_dead_lettered_and_the_others_land() {
         .await
         .unwrap()
         .is_empty());
-    let letters = work.path().join("pysmurf_monitor_spool/dead_letters.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&letters).is_ok_and(|text| text.contains("locked.dat")) {
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter for the locked file"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = std::fs::read_to_string(&letters).unwrap();
+    // A dead letter for the locked file.
+    let text = wait_for_dead_letters(work.path(), Duration::from_secs(10), |text| {
+        text.contains("locked.dat")
+    })
+    .await;
     assert!(text.contains("Permission denied"), "{text}");
     let (code, counters, _) = monitor.terminate_with_log();
     assert_eq!(code, 0);

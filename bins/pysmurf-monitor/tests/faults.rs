@@ -8,19 +8,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_exactly_once, current_rows, numbered, register_numbered, socket_queue, wait_below,
-    wait_for_at_least, wait_for_rows, write_file, MonitorProcess,
+    assert_exactly_once, blocking, blocking_on, connect_default_sqlite, current_rows, numbered,
+    private_router, register_numbered, socket_queue, wait_below, wait_for_at_least, wait_for_rows,
+    write_file, Backend, MonitorProcess, Stream,
 };
-use files_db::testing::{PrivateMariaDb, TestDatabase, WriteLock};
-use files_db::{DbTarget, FilesDb};
+use files_db::testing::{PrivateMariaDb, WriteLock};
+use files_db::FilesDb;
 use ocs_feed::testing::{self as ocs_testing, Subscriber};
 use serde_json::json;
-use smurf_protocol::{FilePayload, Publisher};
+use smurf_protocol::FilePayload;
 
 /// The database every private MariaDB server of these tests holds.
 const DATABASE: &str = "pysmurf_files";
@@ -32,56 +31,6 @@ const DATABASE: &str = "pysmurf_files";
 const PACE_EVERY: usize = 50;
 const PACE_BYTES: u64 = 128 << 10;
 
-/// Registers numbered files (`<dir>/data/NNNN.dat`) at a steady rate from a
-/// thread of its own until [`Stream::finish`].
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<Vec<PathBuf>>,
-}
-
-impl Stream {
-    fn start(mut publisher: Publisher, dir: &Path, first: usize, per_second: u32) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let period = Duration::from_secs(1) / per_second;
-        let dir = dir.to_owned();
-        let thread = std::thread::spawn({
-            let (stop, sent) = (stop.clone(), sent.clone());
-            move || {
-                let mut paths = Vec::new();
-                let mut next = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    let i = first + paths.len();
-                    register_numbered(&mut publisher, &dir, i..i + 1);
-                    paths.push(numbered(&dir, i));
-                    sent.store(paths.len(), Ordering::SeqCst);
-                    next += period;
-                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                }
-                paths
-            }
-        });
-        Stream { stop, sent, thread }
-    }
-
-    /// How many registrations were sent so far.
-    fn sent(&self) -> usize {
-        self.sent.load(Ordering::SeqCst)
-    }
-
-    /// Stops sending; the paths of every registration sent.
-    fn finish(self) -> Vec<PathBuf> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("the registering thread")
-    }
-}
-
-/// Runs a blocking step (stopping or starting a server) off the test's runtime.
-async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(step).await.unwrap()
-}
-
 /// A private MariaDB server with an empty database [`DATABASE`]; `None` = skip.
 async fn private_server(test: &str) -> Option<PrivateMariaDb> {
     let test = test.to_owned();
@@ -90,6 +39,13 @@ async fn private_server(test: &str) -> Option<PrivateMariaDb> {
         .execute(None, &format!("CREATE DATABASE {DATABASE}"))
         .await;
     Some(server)
+}
+
+/// A monitor in `work` writing to [`DATABASE`] on `server`, creating its
+/// table when it is missing.
+fn start_monitor_on(server: &PrivateMariaDb, work: &Path) -> MonitorProcess {
+    let url = server.url(DATABASE);
+    MonitorProcess::start(work, &[], &["--db-url", &url, "--create-table", "True"])
 }
 
 /// 1. The MariaDB server shut down for 30 s while registrations keep
@@ -101,23 +57,14 @@ async fn a_mariadb_server_stopped_for_30_s_mid_stream_loses_and_doubles_nothing(
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let url = server.url(DATABASE);
-    let monitor = MonitorProcess::start(
-        work.path(),
-        &[],
-        &["--db-url", &url, "--create-table", "True"],
-    );
+    let monitor = start_monitor_on(&server, work.path());
     let db = FilesDb::connect(&server.target(DATABASE)).await.unwrap();
     let stream = Stream::start(monitor.publisher(), work.path(), 0, 20);
 
     wait_for_at_least(&db, 40, Duration::from_secs(20)).await;
     db.close().await;
     let before = stream.sent();
-    server = blocking(move || {
-        server.stop();
-        server
-    })
-    .await;
+    server = blocking_on(server, PrivateMariaDb::stop).await;
     let stopped = Instant::now();
     // The monitor notices: its writes fail and the rows stay spooled.
     let monitor = blocking(move || {
@@ -131,11 +78,7 @@ async fn a_mariadb_server_stopped_for_30_s_mid_stream_loses_and_doubles_nothing(
         during >= 400,
         "only {during} registrations during the outage"
     );
-    server = blocking(move || {
-        server.restart();
-        server
-    })
-    .await;
+    server = blocking_on(server, PrivateMariaDb::restart).await;
     let restarted = Instant::now();
     let resumed = stream.sent();
     let db = FilesDb::connect(&server.target(DATABASE)).await.unwrap();
@@ -175,12 +118,7 @@ async fn a_mariadb_restarted_without_its_table_gets_it_back_and_loses_nothing_af
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    let url = server.url(DATABASE);
-    let monitor = MonitorProcess::start(
-        work.path(),
-        &[],
-        &["--db-url", &url, "--create-table", "True"],
-    );
+    let monitor = start_monitor_on(&server, work.path());
     let mut publisher = monitor.publisher();
     let db = FilesDb::connect(&server.target(DATABASE)).await.unwrap();
     register_numbered(&mut publisher, work.path(), 0..100);
@@ -190,19 +128,11 @@ async fn a_mariadb_restarted_without_its_table_gets_it_back_and_loses_nothing_af
     server
         .execute(Some(DATABASE), "DROP TABLE pysmurf_files_v1")
         .await;
-    server = blocking(move || {
-        server.stop();
-        server
-    })
-    .await;
+    server = blocking_on(server, PrivateMariaDb::stop).await;
     // While the server is down: spooled, waiting.
     register_numbered(&mut publisher, work.path(), 100..200);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    server = blocking(move || {
-        server.restart();
-        server
-    })
-    .await;
+    server = blocking_on(server, PrivateMariaDb::restart).await;
     register_numbered(&mut publisher, work.path(), 200..300);
 
     let db = FilesDb::connect(&server.target(DATABASE)).await.unwrap();
@@ -308,9 +238,7 @@ async fn a_full_disk_under_the_spool_loses_no_registration() {
     let args = ["--spool-dir", spool.path.to_str().unwrap()];
     let monitor = MonitorProcess::start(work.path(), &[], &args);
     let mut publisher = monitor.publisher();
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     register_numbered(&mut publisher, work.path(), 0..50);
     wait_for_rows(&db, 50, Duration::from_secs(20)).await;
 
@@ -376,11 +304,7 @@ async fn a_router_hung_for_20_s_costs_no_registration_and_no_later_session_messa
     let Some(venv) = ocs_testing::venv() else {
         return;
     };
-    let router = blocking({
-        let venv = venv.clone();
-        move || ocs_testing::Crossbar::start(&venv).expect("start a router of our own")
-    })
-    .await;
+    let router = private_router(&venv).await;
     // At most 32 characters: the length of the table's instance_id column.
     let instance = format!("pm-hung-router-{}", std::process::id());
     let topic = format!(
@@ -400,9 +324,7 @@ async fn a_router_hung_for_20_s_costs_no_registration_and_no_later_session_messa
     subscriber
         .next_on(&heartbeat, Duration::from_secs(30))
         .await;
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     let stream = Stream::start(monitor.publisher(), work.path(), 0, 20);
     let mut session = monitor.publisher();
     let mut say = |text: String| {
@@ -498,8 +420,9 @@ async fn a_router_hung_for_20_s_costs_no_registration_and_no_later_session_messa
 /// is sent, the monitor's counters (SIGUSR1) show when all is spooled, then
 /// the lock is released and the monitor killed as soon as the first rows
 /// are committed.
-async fn kill_9_during_a_burst(work: &Path, target: &DbTarget, env: &[(&str, String)]) {
+async fn kill_9_during_a_burst(backend: &Backend) {
     const BURST: usize = 50_000;
+    let (work, target, env) = (backend.work.path(), &backend.target, &backend.env);
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let paths: Vec<PathBuf> = (0..BURST)
@@ -575,20 +498,16 @@ async fn kill_9_during_a_burst(work: &Path, target: &DbTarget, env: &[(&str, Str
 
 #[tokio::test]
 async fn kill_9_during_a_50_000_registration_burst_on_sqlite() {
-    let work = tempfile::tempdir().unwrap();
-    let target = DbTarget::sqlite(work.path().join("pysmurf_files.db"));
-    kill_9_during_a_burst(work.path(), &target, &[]).await;
+    kill_9_during_a_burst(&Backend::sqlite_default()).await;
 }
 
 #[tokio::test]
 async fn kill_9_during_a_50_000_registration_burst_on_mariadb() {
-    let Some(test_db) = TestDatabase::create("faults_kill_9_burst").await else {
+    let Some(backend) = Backend::mariadb("faults_kill_9_burst").await else {
         return;
     };
-    let env: Vec<(&str, String)> = test_db.env().to_vec();
-    let work = tempfile::tempdir().unwrap();
-    kill_9_during_a_burst(work.path(), test_db.target(), &env).await;
-    test_db.drop_database().await;
+    kill_9_during_a_burst(&backend).await;
+    backend.finish().await;
 }
 
 /// 6. A sender outside `--allow-from` floods 100,000 datagrams (file
@@ -634,9 +553,7 @@ async fn a_flood_from_a_sender_not_allowed_costs_no_registration() {
         }
     }
     flood.join().unwrap();
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, ALLOWED as u64, Duration::from_secs(60)).await;
     monitor.wait_until_read(Duration::from_secs(30));
     let drops = socket_queue(port).drops;

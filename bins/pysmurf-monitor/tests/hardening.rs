@@ -5,19 +5,17 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_exactly_once, numbered, register_numbered, wait_for_at_least, wait_for_rows,
-    MonitorProcess,
+    assert_exactly_once, connect_default_sqlite, numbered, ocs_client_command, register_numbered,
+    shared_router, wait_for_at_least, wait_for_rows, MonitorProcess,
 };
 use files_db::testing::TestDatabase;
-use files_db::{DbTarget, FilesDb};
-use ocs_feed::testing as ocs_testing;
+use files_db::FilesDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -77,9 +75,7 @@ async fn a_second_monitor_on_the_same_udp_port_refuses_to_start() {
     // Every registration still goes to the first monitor.
     let mut publisher = first.publisher();
     register_numbered(&mut publisher, first_dir.path(), 0..4);
-    let db = FilesDb::connect(&DbTarget::sqlite(first_dir.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(first_dir.path()).await;
     wait_for_rows(&db, 4, Duration::from_secs(30)).await;
     assert!(
         !second_dir.path().join("pysmurf_files.db").exists(),
@@ -213,24 +209,12 @@ async fn a_commit_whose_answer_is_lost_doubles_no_row_on_mariadb() {
     };
     let db = FilesDb::connect(test_db.target()).await.unwrap();
     db.create_table().await.unwrap();
-    let server_port: u16 = test_db
-        .env()
-        .iter()
-        .find(|(k, _)| *k == "MYSQL_PORT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
-    let gate = CommitCutter::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server_port))).await;
-    let env: Vec<(&str, String)> = test_db
-        .env()
-        .iter()
-        .map(|(k, v)| match *k {
-            "MYSQL_HOST" => (*k, "127.0.0.1".to_owned()),
-            "MYSQL_PORT" => (*k, gate.port.to_string()),
-            _ => (*k, v.clone()),
-        })
-        .collect();
+    let gate = CommitCutter::start(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        test_db.server_port(),
+    )))
+    .await;
+    let env = test_db.env_through(gate.port);
     let work = tempfile::tempdir().unwrap();
     let monitor = MonitorProcess::start(work.path(), &env, &[]);
     let mut publisher = monitor.publisher();
@@ -317,9 +301,7 @@ async fn a_failing_udp_socket_makes_the_monitor_exit_non_zero() {
     let monitor = MonitorProcess::start(work.path(), &[fault("socket-after=5")], &[]);
     let mut publisher = monitor.publisher();
     register_numbered(&mut publisher, work.path(), 0..5);
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, 5, Duration::from_secs(30)).await;
     register_numbered(&mut publisher, work.path(), 5..6);
     let (code, lines) = wait_for_exit(monitor, Duration::from_secs(30));
@@ -342,9 +324,7 @@ async fn a_stage_that_panics_makes_the_monitor_exit_non_zero_and_loses_nothing()
             MonitorProcess::start(work.path(), &[fault(&format!("panic-in={stage}@2"))], &[]);
         let mut publisher = monitor.publisher();
         register_numbered(&mut publisher, work.path(), 0..1);
-        let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-            .await
-            .unwrap();
+        let db = connect_default_sqlite(work.path()).await;
         wait_for_rows(&db, 1, Duration::from_secs(30)).await;
         register_numbered(&mut publisher, work.path(), 1..20);
         let (code, lines) = wait_for_exit(monitor, Duration::from_secs(30));
@@ -370,13 +350,9 @@ async fn a_stage_that_panics_makes_the_monitor_exit_non_zero_and_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pipeline_shows_degraded_with_the_reason_in_the_run_session() {
     use tokio::io::AsyncBufReadExt;
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, venv)) = shared_router().await else {
         return;
     };
-    let venv = ocs_testing::venv().expect("venv present when the router is");
     let instance = format!("pysmurf-monitor-failing-{}", std::process::id());
     let work = tempfile::tempdir().unwrap();
     let hub = router.ws_url();
@@ -386,10 +362,7 @@ async fn a_failed_pipeline_shows_degraded_with_the_reason_in_the_run_session() {
         &["--site-hub", &hub, "--instance-id", &instance],
     );
     let site_file = router.site_file(work.path());
-    let mut client = tokio::process::Command::new(venv.join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/run_status_client.py"))
-        .arg(&site_file)
-        .arg(&instance)
+    let mut client = ocs_client_command(&venv, "run_status_client.py", &site_file, &instance)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -452,9 +425,7 @@ async fn the_unspooled_counter_returns_to_zero_and_keeps_its_peak() {
             .unwrap();
     }
     register_numbered(&mut publisher, work.path(), 0..200);
-    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
-        .await
-        .unwrap();
+    let db = connect_default_sqlite(work.path()).await;
     wait_for_rows(&db, 200, Duration::from_secs(30)).await;
     let counters = monitor.counters();
     assert_eq!(counters["datagrams_received"], 260, "{counters}");

@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{run_ocs_client, shared_router, write_file};
+use files_db::testing::suprsync_tempdir;
 use ocs_feed::testing::{self as ocs_testing, Crossbar};
 use serde_json::{json, Value};
 use sqlx::sqlite::SqlitePool;
@@ -183,21 +185,6 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A directory whose path has none of socs's `deletable` keywords in it
-/// (a random temp name could contain `iv`).
-fn clean_tempdir() -> tempfile::TempDir {
-    loop {
-        let dir = tempfile::Builder::new().prefix("sr").tempdir().unwrap();
-        let path = dir.path().to_str().unwrap();
-        if !["iv", "tune", "channel_assignment"]
-            .iter()
-            .any(|k| path.contains(k))
-        {
-            return dir;
-        }
-    }
-}
-
 async fn open_db(path: &Path) -> SqlitePool {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
@@ -305,11 +292,6 @@ async fn rows_by_path(pool: &SqlitePool) -> BTreeMap<String, Vec<String>> {
     by_path
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A `data_file` (or `g3_file`) datagram as pysmurf / the smurf-streamer
 /// sends it.
 fn file_datagram(kind: &str, payload: Value) -> Vec<u8> {
@@ -324,62 +306,77 @@ fn file_datagram(kind: &str, payload: Value) -> Vec<u8> {
 /// socs handles specially. Returns the datagrams.
 fn differential_files(data: &Path) -> Vec<Vec<u8>> {
     let tc = data.join("1700000000/crate1slot2");
-    let smurf = |path: &Path, format: &str, action: &str, plot: bool, action_ts: Value| {
-        json!({
+    // pysmurf's files: (path announced, format, action, plot, action_ts).
+    let smurf_files = [
+        (
+            tc.join("outputs/1700000101_take_noise.txt"),
+            "txt",
+            "take_noise",
+            false,
+            json!("1700000100"),
+        ),
+        (
+            tc.join("plots/1700000102_noise.png"),
+            "png",
+            "take_noise",
+            true,
+            json!(1_700_000_100),
+        ),
+        // npy announced without its suffix: the file on disk has it.
+        (
+            tc.join("outputs/1700000103_psd"),
+            "npy",
+            "take_noise",
+            false,
+            json!("1700000100"),
+        ),
+        (
+            tc.join("outputs/1700000104_iv_info.npy"),
+            "npy",
+            "take_iv",
+            false,
+            json!("1700000104"),
+        ),
+        (
+            tc.join("tune/1700000105_tune.npy"),
+            "npy",
+            "tune_band",
+            false,
+            json!("1700000105"),
+        ),
+        (
+            tc.join("config/1700000106_channel_assignment_b0.txt"),
+            "txt",
+            "setup",
+            false,
+            json!("1700000106"),
+        ),
+        // Outside a timecode directory (the 4th path part is not a number).
+        (
+            data.join("smurf_misc/crate1slot2/1700000107_note.txt"),
+            "txt",
+            "note",
+            false,
+            json!("1700000107"),
+        ),
+    ];
+    let mut datagrams = Vec::new();
+    let mut add = |disk: PathBuf, payload: Value, kind: &str| {
+        write_file(&disk, disk.to_str().unwrap().as_bytes());
+        datagrams.push(file_datagram(kind, payload));
+    };
+    for (path, format, action, plot, action_ts) in smurf_files {
+        let disk = match format {
+            "npy" => path.with_extension("npy"),
+            _ => path.clone(),
+        };
+        let payload = json!({
             "path": path.to_str().unwrap(), "type": format, "format": format,
             "timestamp": 1_700_000_123.25, "action": action, "action_ts": action_ts,
             "plot": plot, "pysmurf_version": "v8.0.0",
-        })
-    };
-    let mut datagrams = Vec::new();
-    let mut add = |disk: PathBuf, payload: Value, kind: &str| {
-        write(&disk, disk.to_str().unwrap().as_bytes());
-        datagrams.push(file_datagram(kind, payload));
-    };
-    let out = tc.join("outputs/1700000101_take_noise.txt");
-    add(
-        out.clone(),
-        smurf(&out, "txt", "take_noise", false, json!("1700000100")),
-        "data_file",
-    );
-    let plot = tc.join("plots/1700000102_noise.png");
-    add(
-        plot.clone(),
-        smurf(&plot, "png", "take_noise", true, json!(1_700_000_100)),
-        "data_file",
-    );
-    // npy announced without its suffix: the file on disk has it.
-    let npy = tc.join("outputs/1700000103_psd");
-    add(
-        tc.join("outputs/1700000103_psd.npy"),
-        smurf(&npy, "npy", "take_noise", false, json!("1700000100")),
-        "data_file",
-    );
-    let iv = tc.join("outputs/1700000104_iv_info.npy");
-    add(
-        iv.clone(),
-        smurf(&iv, "npy", "take_iv", false, json!("1700000104")),
-        "data_file",
-    );
-    let tune = tc.join("tune/1700000105_tune.npy");
-    add(
-        tune.clone(),
-        smurf(&tune, "npy", "tune_band", false, json!("1700000105")),
-        "data_file",
-    );
-    let assignment = tc.join("config/1700000106_channel_assignment_b0.txt");
-    add(
-        assignment.clone(),
-        smurf(&assignment, "txt", "setup", false, json!("1700000106")),
-        "data_file",
-    );
-    // Outside a timecode directory (the 4th path part is not a number).
-    let outside = data.join("smurf_misc/crate1slot2/1700000107_note.txt");
-    add(
-        outside.clone(),
-        smurf(&outside, "txt", "note", false, json!("1700000107")),
-        "data_file",
-    );
+        });
+        add(disk, payload, "data_file");
+    }
     // A timestream of the smurf-streamer.
     let g3 = data.join("timestreams/17000/crate1slot2/1700000108_000.g3");
     add(
@@ -401,17 +398,13 @@ fn differential_files(data: &Path) -> Vec<Vec<u8>> {
 /// `add_file` would (socs's monitor makes none: socs#562).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_datagrams_give_socs_rows() {
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, venv)) = shared_router().await else {
         return;
     };
-    let venv = ocs_testing::venv().expect("venv present when the router is");
     if !socs_available(&venv) {
         return;
     }
-    let work = clean_tempdir();
+    let work = suprsync_tempdir();
     // /tmp/<dir>/<timecode>/…: the 4th path part is socs's timecode test.
     let data = work.path().to_owned();
     let (socs_db, our_db) = (
@@ -552,17 +545,13 @@ fn smurf_datagram(path: &Path, n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suprsync_archives_everything_while_both_write_the_database() {
     const BURST: usize = 3_000;
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, venv)) = shared_router().await else {
         return;
     };
-    let venv = ocs_testing::venv().expect("venv present when the router is");
     if !socs_available(&venv) {
         return;
     }
-    let work = clean_tempdir();
+    let work = suprsync_tempdir();
     let db = work.path().join("databases/suprsync.db");
     let remote = work.path().join("archive");
     let port = free_udp_port();
@@ -602,7 +591,7 @@ async fn suprsync_archives_everything_while_both_write_the_database() {
         .map(|i| data.join(format!("{i:05}.dat")))
         .collect();
     for (i, path) in paths.iter().enumerate() {
-        write(path, format!("file {i} of the burst").as_bytes());
+        write_file(path, format!("file {i} of the burst").as_bytes());
     }
     // SupRsync is copying before and during the burst.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -675,7 +664,7 @@ async fn suprsync_archives_everything_while_both_write_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_and_doubles_nothing() {
     const BURST: usize = 10_000;
-    let work = clean_tempdir();
+    let work = suprsync_tempdir();
     let db_path = work.path().join("suprsync.db");
     let db_arg = db_path.to_str().unwrap().to_owned();
     let monitor = common::MonitorProcess::start(work.path(), &[], &["--db-path", &db_arg]);
@@ -685,7 +674,7 @@ async fn kill_9_during_a_burst_loses_and_doubles_nothing() {
         .map(|i| data.join(format!("{i:05}.dat")))
         .collect();
     for (i, path) in paths.iter().enumerate() {
-        write(path, format!("file {i}").as_bytes());
+        write_file(path, format!("file {i}").as_bytes());
     }
     let lock = files_db::testing::WriteLock::acquire(&target, "supersync_v0").await;
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -750,14 +739,10 @@ async fn kill_9_during_a_burst_loses_and_doubles_nothing() {
 /// unknown archive are refused and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socs_site_entry_with_test_mode_and_echo_sql() {
-    let Some(router) = tokio::task::spawn_blocking(ocs_testing::shared_crossbar)
-        .await
-        .unwrap()
-    else {
+    let Some((router, venv)) = shared_router().await else {
         return;
     };
-    let venv = ocs_testing::venv().expect("venv present when the router is");
-    let work = clean_tempdir();
+    let work = suprsync_tempdir();
     let db = work.path().join("suprsync.db");
     let port = free_udp_port();
     let instance = format!("rs-monitor-test-mode-{}", std::process::id());
@@ -783,7 +768,7 @@ async fn a_socs_site_entry_with_test_mode_and_echo_sql() {
     }
 
     let file = work.path().join("1700000000/crate1slot2/outputs/a.dat");
-    write(&file, b"a");
+    write_file(&file, b"a");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let send = |datagram: Vec<u8>| socket.send_to(&datagram, ("127.0.0.1", port)).unwrap();
     send(smurf_datagram(&file, 0));
@@ -809,19 +794,9 @@ async fn a_socs_site_entry_with_test_mode_and_echo_sql() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let out = tokio::process::Command::new(venv.join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_mode_client.py"))
-        .arg(&site.file)
-        .arg(&instance)
-        .output()
+    let client = run_ocs_client(&venv, "test_mode_client.py", &site.file, &instance)
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let client: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .unwrap_or_else(|stderr| panic!("{stderr}"));
     assert_ne!(client["before"]["session"]["status"], "running", "{client}");
     let run = &client["run"]["session"];
     assert_eq!(run["success"], true, "{client}");

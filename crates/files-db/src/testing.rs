@@ -123,10 +123,27 @@ impl TestDatabase {
         &self.url_env
     }
 
+    /// The test server's port.
+    pub fn server_port(&self) -> u16 {
+        self.admin.get_port()
+    }
+
+    /// [`env`](Self::env) with `MYSQL_HOST` and `MYSQL_PORT` naming
+    /// `127.0.0.1:port` instead: a proxy in front of the test server.
+    pub fn env_through(&self, port: u16) -> Vec<(&'static str, String)> {
+        self.url_env
+            .iter()
+            .map(|(name, value)| match *name {
+                "MYSQL_HOST" => (*name, "127.0.0.1".to_owned()),
+                "MYSQL_PORT" => (*name, port.to_string()),
+                _ => (*name, value.clone()),
+            })
+            .collect()
+    }
+
     /// Runs one SQL statement as the test user in this database and returns
     /// the first column of every row as text (e.g. `SHOW CREATE TABLE`).
     pub async fn query_text(&self, sql: &str) -> Vec<Vec<String>> {
-        use sqlx::Row;
         let mut conn = MySqlConnection::connect_with(&self.admin.clone().database(&self.name))
             .await
             .expect("connect to the test database");
@@ -134,20 +151,7 @@ impl TestDatabase {
             .fetch_all(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        rows.iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| {
-                        row.try_get::<String, _>(i)
-                            .or_else(|_| {
-                                row.try_get::<Vec<u8>, _>(i)
-                                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .collect()
+        rows_as_text(&rows)
     }
 
     /// Drops the database.
@@ -161,6 +165,27 @@ impl TestDatabase {
             .expect("drop the test database");
         conn.close().await.ok();
     }
+}
+
+/// Every column of every row as text (strings, bytes and integers; anything
+/// else empty).
+fn rows_as_text(rows: &[sqlx::mysql::MySqlRow]) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|c| {
+                    row.try_get::<String, _>(c)
+                        .or_else(|_| {
+                            row.try_get::<Vec<u8>, _>(c)
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        })
+                        .or_else(|_| row.try_get::<i64, _>(c).map(|n| n.to_string()))
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn now_secs() -> u64 {
@@ -197,6 +222,22 @@ async fn drop_leftovers(conn: &mut MySqlConnection) {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                 .execute(&mut *conn)
                 .await;
+        }
+    }
+}
+
+/// A temporary directory whose path has none of socs's `deletable` keywords
+/// (`iv`, `tune`, `channel_assignment`: a random name could contain `iv`),
+/// for SupRsync tests whose rows' `deletable` must not depend on it.
+pub fn suprsync_tempdir() -> tempfile::TempDir {
+    loop {
+        let dir = tempfile::Builder::new().prefix("sr").tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        if !["iv", "tune", "channel_assignment"]
+            .iter()
+            .any(|k| path.contains(k))
+        {
+            return dir;
         }
     }
 }
@@ -252,26 +293,13 @@ impl PrivateMariaDb {
             .prefix("pysmurf-mariadb-")
             .tempdir()
             .expect("a temporary directory");
-        let log = std::fs::File::create(dir.path().join("install.log")).unwrap();
-        let installed = std::process::Command::new(&install_db)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.path().join("data").display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .args(PRIVATE_SERVER_OPTIONS)
-            .args(user_option())
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status();
-        if !installed.as_ref().is_ok_and(|s| s.success()) {
-            skip_or_fail(
-                test,
-                &format!(
-                    "{} failed ({installed:?}):\n{}",
-                    install_db.display(),
-                    std::fs::read_to_string(dir.path().join("install.log")).unwrap_or_default()
-                ),
-            );
+        if let Err(reason) = install_data_dir(
+            &install_db,
+            dir.path(),
+            &dir.path().join("data"),
+            user_option(),
+        ) {
+            skip_or_fail(test, &reason);
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -308,15 +336,7 @@ impl PrivateMariaDb {
 
     /// Runs `sql` as root (in `database` when given).
     pub async fn execute(&self, database: Option<&str>, sql: &str) {
-        let mut options = MySqlConnectOptions::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .username("root")
-            .disable_statement_logging();
-        if let Some(database) = database {
-            options = options.database(database);
-        }
-        let mut conn = MySqlConnection::connect_with(&options)
+        let mut conn = MySqlConnection::connect_with(&root_options(self.port, database))
             .await
             .unwrap_or_else(|e| panic!("connect to the private MariaDB server: {e}"));
         sqlx::query(sql)
@@ -373,81 +393,25 @@ impl PrivateMariaDb {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
-        let dir = self.dir.path();
-        let child = std::process::Command::new(&self.mariadbd)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
-            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-            .arg(format!("--log-error={}", dir.join("error.log").display()))
-            .arg(format!("--tmpdir={}", dir.display()))
-            .args(PRIVATE_SERVER_OPTIONS)
-            .args(user_option())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+        let child = server_command(&self.mariadbd, self.dir.path(), self.port, user_option())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.mariadbd.display()))?;
-        // Killed when this test process is gone, however it ends.
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {me} 2>/dev/null; do kill -0 {pid} 2>/dev/null || exit 0; \
-                 sleep 0.5; done; kill -KILL {pid} 2>/dev/null",
-                me = std::process::id(),
-                pid = child.id()
-            ))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start a watcher shell: {e}"))?;
+        watch_child(child.id())?;
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + PRIVATE_SERVER_LIMIT;
-        loop {
-            if self.answers() {
-                return Ok(());
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || std::time::Instant::now() > deadline {
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                return Err(format!(
-                    "the private MariaDB server did not come up on 127.0.0.1:{} ({exited:?}):\n{}",
-                    self.port,
-                    self.error_log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Whether the server sends a protocol-10 greeting (not an error packet).
-    fn answers(&self) -> bool {
-        use std::io::Read;
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut head = [0u8; 5];
-        stream.read_exact(&mut head).is_ok() && head[4] == 10
+        let port = self.port;
+        wait_until_up(&mut self.child, PRIVATE_SERVER_LIMIT, || answers(port)).map_err(|exited| {
+            format!(
+                "the private MariaDB server did not come up on 127.0.0.1:{} ({exited:?}):\n{}",
+                self.port,
+                self.error_log()
+            )
+        })
     }
 }
 
 impl Drop for PrivateMariaDb {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 
@@ -519,26 +483,10 @@ impl GaleraCluster {
         // a state transfer anyway.
         let first_data = dir.path().join("node0/data");
         std::fs::create_dir_all(dir.path().join("node0")).unwrap();
-        let log = std::fs::File::create(dir.path().join("install.log")).unwrap();
-        let installed = std::process::Command::new(&install_db)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", first_data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .args(PRIVATE_SERVER_OPTIONS)
-            .args(galera_user_option())
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status();
-        if !installed.as_ref().is_ok_and(|s| s.success()) {
-            skip_or_fail(
-                test,
-                &format!(
-                    "{} failed ({installed:?}):\n{}",
-                    install_db.display(),
-                    std::fs::read_to_string(dir.path().join("install.log")).unwrap_or_default()
-                ),
-            );
+        if let Err(reason) =
+            install_data_dir(&install_db, dir.path(), &first_data, galera_user_option())
+        {
+            skip_or_fail(test, &reason);
             return None;
         }
         for i in 1..nodes {
@@ -644,7 +592,6 @@ impl GaleraCluster {
     /// write the cluster committed before it (`wsrep_sync_wait`), and
     /// returns each row's columns as text.
     pub async fn query_text(&self, i: usize, database: &str, sql: &str) -> Vec<Vec<String>> {
-        use sqlx::Row;
         let mut conn = self.connect(i, Some(database)).await;
         sqlx::query("SET SESSION wsrep_sync_wait = 1")
             .execute(&mut conn)
@@ -655,33 +602,11 @@ impl GaleraCluster {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         conn.close().await.ok();
-        rows.iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|c| {
-                        row.try_get::<String, _>(c)
-                            .or_else(|_| {
-                                row.try_get::<Vec<u8>, _>(c)
-                                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                            })
-                            .or_else(|_| row.try_get::<i64, _>(c).map(|n| n.to_string()))
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .collect()
+        rows_as_text(&rows)
     }
 
     async fn connect(&self, i: usize, database: Option<&str>) -> MySqlConnection {
-        let mut options = MySqlConnectOptions::new()
-            .host("127.0.0.1")
-            .port(self.nodes[i].port)
-            .username("root")
-            .disable_statement_logging();
-        if let Some(database) = database {
-            options = options.database(database);
-        }
-        MySqlConnection::connect_with(&options)
+        MySqlConnection::connect_with(&root_options(self.nodes[i].port, database))
             .await
             .unwrap_or_else(|e| panic!("connect to Galera node {i}: {e}"))
     }
@@ -689,10 +614,7 @@ impl GaleraCluster {
     /// Kills node `i` with `SIGKILL` (a crash: no shutdown, no goodbye to
     /// the cluster) and waits until it has exited.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.nodes[i].child);
     }
 
     /// Starts node `i` again after [`GaleraCluster::kill`]; returns once it
@@ -713,7 +635,6 @@ impl GaleraCluster {
     }
 
     fn spawn(&mut self, i: usize, bootstrap: bool) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
         let dir = self.node_dir(i);
         let node = &self.nodes[i];
         let members: Vec<String> = self
@@ -721,17 +642,8 @@ impl GaleraCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.gcomm_port))
             .collect();
-        let mut command = std::process::Command::new(&self.mariadbd);
+        let mut command = server_command(&self.mariadbd, &dir, node.port, galera_user_option());
         command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .arg(format!("--port={}", node.port))
-            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
-            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-            .arg(format!("--log-error={}", dir.join("error.log").display()))
-            .arg(format!("--tmpdir={}", dir.display()))
-            .args(PRIVATE_SERVER_OPTIONS)
-            .args(galera_user_option())
             .args([
                 "--wsrep-on=ON",
                 "--binlog-format=ROW",
@@ -772,29 +684,13 @@ impl GaleraCluster {
             command.arg("--wsrep-new-cluster");
         }
         let child = command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.mariadbd.display()))?;
         watch_child(child.id())?;
+        let port = node.port;
         self.nodes[i].child = Some(child);
-        let deadline = std::time::Instant::now() + GALERA_NODE_LIMIT;
-        loop {
-            if self.synced(i) {
-                return Ok(());
-            }
-            let exited = self.nodes[i]
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || std::time::Instant::now() > deadline {
-                if let Some(mut child) = self.nodes[i].child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                let others: String = (0..self.nodes.len())
+        wait_until_up(&mut self.nodes[i].child, GALERA_NODE_LIMIT, || synced(port)).map_err(|exited| {
+            let others: String = (0..self.nodes.len())
                     .filter(|&n| n != i)
                     .map(|n| {
                         let log = self.error_log(n);
@@ -804,50 +700,157 @@ impl GaleraCluster {
                             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                         )
                     })
-                    .collect();
-                return Err(format!(
-                    "Galera node {i} did not come up synced on 127.0.0.1:{} ({exited:?}):\n{}{others}",
-                    self.nodes[i].port,
-                    self.error_log(i)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Whether node `i` answers and reports `wsrep_local_state_comment = Synced`.
-    fn synced(&self, i: usize) -> bool {
-        let Some(client) = find_program(&["mariadb", "mysql"]) else {
-            return false;
-        };
-        std::process::Command::new(client)
-            .args([
-                "--no-defaults",
-                "--protocol=tcp",
-                "-h127.0.0.1",
-                "-uroot",
-                "-N",
-                "-B",
-            ])
-            .arg(format!("-P{}", self.nodes[i].port))
-            .args(["--connect-timeout=2", "-e"])
-            .arg("SHOW STATUS LIKE 'wsrep_local_state_comment'")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("Synced"))
+                .collect();
+            format!(
+                "Galera node {i} did not come up synced on 127.0.0.1:{port} ({exited:?}):\n{}{others}",
+                self.error_log(i)
+            )
+        })
     }
 }
 
 impl Drop for GaleraCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            kill_child(&mut node.child);
         }
     }
+}
+
+/// Initialises a server's data directory `data` with `install_db`, logging
+/// to `<dir>/install.log`; the log when it fails.
+fn install_data_dir(
+    install_db: &std::path::Path,
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    user: Option<&str>,
+) -> Result<(), String> {
+    let log_path = dir.join("install.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let installed = std::process::Command::new(install_db)
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args(PRIVATE_SERVER_OPTIONS)
+        .args(user)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status();
+    if installed.as_ref().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} failed ({installed:?}):\n{}",
+        install_db.display(),
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    ))
+}
+
+/// `mariadbd` on `<dir>/data`, listening on 127.0.0.1:`port`, with its
+/// socket, pid file, error log and temporary files in `dir`; in a process
+/// group of its own, its standard streams closed.
+fn server_command(
+    mariadbd: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    user: Option<&str>,
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(mariadbd);
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+        .arg(format!("--log-error={}", dir.join("error.log").display()))
+        .arg(format!("--tmpdir={}", dir.display()))
+        .args(PRIVATE_SERVER_OPTIONS)
+        .args(user)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    command
+}
+
+/// Waits (at most `limit`) until `up` says the server in `child` is ready;
+/// when it exits or the time is up, kills it and returns how it exited.
+fn wait_until_up(
+    child: &mut Option<std::process::Child>,
+    limit: Duration,
+    up: impl Fn() -> bool,
+) -> Result<(), Option<std::process::ExitStatus>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if up() {
+            return Ok(());
+        }
+        let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            kill_child(child);
+            return Err(exited);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills the server process, if any, and reaps it.
+fn kill_child(child: &mut Option<std::process::Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Root on 127.0.0.1:`port` (in `database` when given), no statement log.
+fn root_options(port: u16, database: Option<&str>) -> MySqlConnectOptions {
+    let options = MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("root")
+        .disable_statement_logging();
+    match database {
+        Some(database) => options.database(database),
+        None => options,
+    }
+}
+
+/// Whether the server on 127.0.0.1:`port` sends a protocol-10 greeting (not
+/// an error packet).
+fn answers(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && head[4] == 10
+}
+
+/// Whether the Galera node on 127.0.0.1:`port` answers and reports
+/// `wsrep_local_state_comment = Synced`.
+fn synced(port: u16) -> bool {
+    let Some(client) = find_program(&["mariadb", "mysql"]) else {
+        return false;
+    };
+    std::process::Command::new(client)
+        .args([
+            "--no-defaults",
+            "--protocol=tcp",
+            "-h127.0.0.1",
+            "-uroot",
+            "-N",
+            "-B",
+        ])
+        .arg(format!("-P{port}"))
+        .args(["--connect-timeout=2", "-e"])
+        .arg("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("Synced"))
 }
 
 /// Run as root, the cluster's servers run as `mysql` (the user Debian's

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use ocs_feed::testing::{self as support, Crossbar, Subscriber, REALM, ROOT};
 use ocs_feed::{
-    AccessPolicy, Agent, Cast, FeedOptions, OcsClient, OpError, OpOptions, Param, ParamHandler,
-    ParamType, SiteConfig,
+    AccessPolicy, Agent, Cast, FeedOptions, OcsClient, OpError, OpOptions, OpResult, Param,
+    ParamHandler, ParamType, Params, Session, SiteConfig,
 };
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -130,10 +130,7 @@ fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
                     .ty(ParamType::Float)
                     .check(|g| g.as_f64().is_some_and(|g| g > 0.0)),
             ),
-            |session, params| async move {
-                session.set_data(json!({ "params": params }));
-                Ok("configured".to_owned())
-            },
+            |session, params| params_into_data(session, params, "params", "configured"),
         )
         .unwrap();
     agent
@@ -142,10 +139,7 @@ fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
             task("loose(level=0, ...)")
                 .param(Param::new("level").default(0).ty(ParamType::Int))
                 .allow_stray_params(),
-            |session, params| async move {
-                session.set_data(json!({ "params": params }));
-                Ok("loose ok".to_owned())
-            },
+            |session, params| params_into_data(session, params, "params", "loose ok"),
         )
         .unwrap();
     agent
@@ -174,13 +168,25 @@ fn twin(site: SiteConfig, policy: Option<AccessPolicy>) -> Agent {
             task("boot()")
                 .min_privs(3)
                 .startup(json!({"alpha": 1, "beta": "two"})),
-            |session, params| async move {
-                session.set_data(json!({ "startup_params": params }));
-                Ok("booted".to_owned())
-            },
+            |session, params| params_into_data(session, params, "startup_params", "booted"),
         )
         .unwrap();
     agent
+}
+
+/// A task body: its params into its session data under `key`, then `message`.
+async fn params_into_data(session: Session, params: Params, key: &str, message: &str) -> OpResult {
+    session.set_data(json!({ key: params }));
+    Ok(message.to_owned())
+}
+
+/// Runs `agent` on a task of its own until `shutdown` is cancelled.
+fn run_agent(
+    agent: &Agent,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), ocs_feed::AgentError>> {
+    let (agent, shutdown) = (agent.clone(), shutdown.clone());
+    tokio::spawn(async move { agent.run(shutdown).await })
 }
 
 /// A site file for both twins (and an Access Director).
@@ -230,6 +236,11 @@ impl PythonAgent {
             .spawn()
             .expect("start the Python agent");
         PythonAgent { child }
+    }
+
+    /// `tests/python/twin_agent.py` as `instance_id`.
+    fn twin(site: &Path, instance_id: &str, extra: &[&str]) -> PythonAgent {
+        PythonAgent::start(&support::script("twin_agent.py"), site, instance_id, extra)
     }
 }
 
@@ -338,22 +349,14 @@ impl Twins {
     ) -> Twins {
         let dir = tempfile::tempdir().unwrap();
         let site = site_file(cb, dir.path(), hub_extra, tag);
-        let python = PythonAgent::start(
-            &support::script("twin_agent.py"),
-            &site,
-            &format!("twin-py-{tag}"),
-            python_extra,
-        );
+        let python = PythonAgent::twin(&site, &format!("twin-py-{tag}"), python_extra);
         // The Rust twin takes its policy from its site config, as `--access-policy` or the
         // site file's `access_policy` give it.
         let mut site_config = SiteConfig::new(&cb.ws_url(), REALM, ROOT, &format!("twin-rs-{tag}"));
         site_config.access_policy = rust_policy.map(str::to_owned);
         let rust = twin(site_config, None);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (a, s) = (rust.clone(), shutdown.clone());
-            async move { a.run(s).await }
-        });
+        let task = run_agent(&rust, &shutdown);
         Twins {
             tag,
             _dir: dir,
@@ -614,77 +617,47 @@ async fn site_files_and_arguments_resolve_as_ocs() {
     let file = dir.path().join("site.yaml");
     std::fs::write(&file, SITE_FOR_ARGS).unwrap();
     let file = file.to_str().unwrap();
+    // `--site-file FILE --site-host HOST [--instance-id ID]`, then `more`.
+    let case = |host: &'static str, instance: Option<&'static str>, more: &[&'static str]| {
+        let mut args = vec!["--site-file", file, "--site-host", host];
+        if let Some(instance) = instance {
+            args.extend(["--instance-id", instance]);
+        }
+        args.extend(more);
+        args
+    };
     let cases: Vec<Vec<&str>> = vec![
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
+        case("daq", Some("fake1"), &[]),
+        case("daq", None, &[]),
+        case("daq2", Some("classless"), &[]),
+        case("daq", Some("registry"), &[]),
+        case(
             "daq",
-            "--instance-id",
-            "fake1",
-        ],
-        vec!["--site-file", file, "--site-host", "daq"],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
-            "daq2",
-            "--instance-id",
-            "classless",
-        ],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
+            Some("fake1"),
+            &[
+                "--sample-rate",
+                "-2.5",
+                "--crossbar-timeout",
+                "0",
+                "--access-policy",
+                "none",
+            ],
+        ),
+        case("elsewhere", Some("fake-local"), &[]),
+        case("elsewhere", None, &[]),
+        case("daq", Some("nope"), &[]),
+        case(
             "daq",
-            "--instance-id",
-            "registry",
-        ],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
-            "daq",
-            "--instance-id",
-            "fake1",
-            "--sample-rate",
-            "-2.5",
-            "--crossbar-timeout",
-            "0",
-            "--access-policy",
-            "none",
-        ],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
-            "elsewhere",
-            "--instance-id",
-            "fake-local",
-        ],
-        vec!["--site-file", file, "--site-host", "elsewhere"],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
-            "daq",
-            "--instance-id",
-            "nope",
-        ],
-        vec![
-            "--site-file",
-            file,
-            "--site-host",
-            "daq",
-            "--instance-id",
-            "fake1",
-            "--site-hub",
-            "ws://127.0.0.1:18003/ws",
-            "--site-realm",
-            "other",
-            "--mode",
-            "idle",
-        ],
+            Some("fake1"),
+            &[
+                "--site-hub",
+                "ws://127.0.0.1:18003/ws",
+                "--site-realm",
+                "other",
+                "--mode",
+                "idle",
+            ],
+        ),
     ];
     for case in cases {
         let out = tokio::process::Command::new(venv.join("bin/python"))
@@ -743,19 +716,11 @@ async fn crossbar_timeout_stops_ops_and_ends_as_ocs_exits() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let site = site_file(&cb, dir.path(), "", "timeout");
-    let mut python = PythonAgent::start(
-        &support::script("twin_agent.py"),
-        &site,
-        "twin-py-timeout",
-        &["--crossbar-timeout", "2"],
-    );
+    let mut python = PythonAgent::twin(&site, "twin-py-timeout", &["--crossbar-timeout", "2"]);
     let mut config = SiteConfig::new(&cb.ws_url(), REALM, ROOT, "twin-rs-timeout");
     config.crossbar_timeout = Some(2);
     let rust = twin(config, None);
-    let run = tokio::spawn({
-        let rust = rust.clone();
-        async move { rust.run(CancellationToken::new()).await }
-    });
+    let run = run_agent(&rust, &CancellationToken::new());
     run_client(&site, "twin-py-timeout", "ping", None).await;
     run_client(&site, "twin-rs-timeout", "ping", None).await;
     let acq = rust.start_op("acq", json!({})).unwrap();
@@ -804,10 +769,7 @@ async fn client_agent(
         SiteConfig::new(url, REALM, ROOT, instance_id),
     );
     let token = CancellationToken::new();
-    let task = tokio::spawn({
-        let (a, t) = (agent.clone(), token.clone());
-        async move { a.run(t).await }
-    });
+    let task = run_agent(&agent, &token);
     let a = agent.clone();
     support::wait_for(
         "the client agent to join",
@@ -826,18 +788,8 @@ async fn rust_client_gets_the_reply_triples_ocs_client_gets() {
     let dir = tempfile::tempdir().unwrap();
     let site = site_file(cb, dir.path(), "", "client");
     // Two Python twins: one driven by ocs's OCSClient, one by the Rust client.
-    let _a = PythonAgent::start(
-        &support::script("twin_agent.py"),
-        &site,
-        "twin-py-client",
-        &[],
-    );
-    let _b = PythonAgent::start(
-        &support::script("twin_agent.py"),
-        &site,
-        "twin-rs-client",
-        &[],
-    );
+    let _a = PythonAgent::twin(&site, "twin-py-client", &[]);
+    let _b = PythonAgent::twin(&site, "twin-rs-client", &[]);
     let python = run_client(&site, "twin-py-client", "client", None).await;
     run_client(&site, "twin-rs-client", "ping", None).await;
     let (agent, token, task) = client_agent(&cb.ws_url(), "rust-client").await;

@@ -1,6 +1,8 @@
-//! Helpers shared by the end-to-end test binaries (`e2e.rs`, `faults.rs`):
-//! the real `pysmurf-monitor` binary as a child process, a real publisher,
-//! and checks made through the real database.
+//! Helpers shared by the end-to-end test binaries (`e2e.rs`, `faults.rs`,
+//! `cluster.rs`, `hardening.rs`, `suprsync.rs`): the real `pysmurf-monitor`
+//! binary as a child process, a real publisher, the database it writes (the
+//! SQLite default or a MariaDB database of the test's own), a real crossbar
+//! router and ocs clients, and checks made through the real database.
 
 #![allow(
     dead_code,
@@ -12,10 +14,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use files_db::{FileFilter, FilesDb, StoredFile, MYSQL_ENV_VARS};
+use files_db::testing::TestDatabase;
+use files_db::{DbTarget, FileFilter, FilesDb, StoredFile, MYSQL_ENV_VARS};
+use ocs_feed::testing::{self as ocs_testing, Crossbar};
 use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
 
 /// A running monitor and where it listens.
@@ -363,5 +368,203 @@ pub fn wait_below(port: u16, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while socket_queue(port).rx_queue_bytes > bytes && Instant::now() < deadline {
         std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// The database a monitor started with no database option writes: its working
+/// directory's `pysmurf_files.db`.
+pub fn default_sqlite_target(work: &Path) -> DbTarget {
+    DbTarget::sqlite(work.join("pysmurf_files.db"))
+}
+
+/// A connection to [`default_sqlite_target`] of `work`.
+pub async fn connect_default_sqlite(work: &Path) -> FilesDb {
+    FilesDb::connect(&default_sqlite_target(work))
+        .await
+        .unwrap()
+}
+
+/// Where a test's monitor writes: a working directory, the database target
+/// and the environment that selects it (for [`MonitorProcess::start`]).
+pub struct Backend {
+    pub work: tempfile::TempDir,
+    pub target: DbTarget,
+    pub env: Vec<(&'static str, String)>,
+    mariadb: Option<TestDatabase>,
+}
+
+impl Backend {
+    /// No database configured: the SQLite default in a fresh working directory.
+    pub fn sqlite_default() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        Self {
+            target: default_sqlite_target(work.path()),
+            work,
+            env: Vec::new(),
+            mariadb: None,
+        }
+    }
+
+    /// A fresh MariaDB database selected by `MYSQL_*`; `None` when the test is
+    /// skipped (see [`TestDatabase::create`]).
+    pub async fn mariadb(test: &str) -> Option<Self> {
+        let database = TestDatabase::create(test).await?;
+        Some(Self {
+            work: tempfile::tempdir().unwrap(),
+            target: database.target().clone(),
+            env: database.env().to_vec(),
+            mariadb: Some(database),
+        })
+    }
+
+    /// The test's MariaDB database, if it has one.
+    pub fn mariadb_database(&self) -> Option<&TestDatabase> {
+        self.mariadb.as_ref()
+    }
+
+    /// Drops the MariaDB database, if any.
+    pub async fn finish(self) {
+        if let Some(database) = self.mariadb {
+            database.drop_database().await;
+        }
+    }
+}
+
+/// Registers numbered files (`<dir>/data/NNNN.dat`, from `first` on) at a
+/// steady rate from a thread of its own until [`Stream::finish`].
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<PathBuf>>,
+}
+
+impl Stream {
+    pub fn start(mut publisher: Publisher, dir: &Path, first: usize, per_second: u32) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let period = Duration::from_secs(1) / per_second;
+        let dir = dir.to_owned();
+        let thread = std::thread::spawn({
+            let (stop, sent) = (stop.clone(), sent.clone());
+            move || {
+                let mut paths = Vec::new();
+                let mut next = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    let i = first + paths.len();
+                    register_numbered(&mut publisher, &dir, i..i + 1);
+                    paths.push(numbered(&dir, i));
+                    sent.store(paths.len(), Ordering::SeqCst);
+                    next += period;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                paths
+            }
+        });
+        Stream { stop, sent, thread }
+    }
+
+    /// How many registrations were sent so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops sending; the paths of every registration sent.
+    pub fn finish(self) -> Vec<PathBuf> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the registering thread")
+    }
+}
+
+/// Runs a blocking step (starting or stopping a server or router) off the
+/// test's runtime.
+pub async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(step).await.unwrap()
+}
+
+/// Runs a blocking `step` on `value` (stopping a server, killing a router)
+/// off the test's runtime; gives `value` back.
+pub async fn blocking_on<T: Send + 'static>(
+    mut value: T,
+    step: impl FnOnce(&mut T) + Send + 'static,
+) -> T {
+    blocking(move || {
+        step(&mut value);
+        value
+    })
+    .await
+}
+
+/// The crossbar router the test binary shares and the virtualenv (crossbar,
+/// ocs, socs); `None` when the test is skipped (see
+/// [`ocs_testing::venv`]).
+pub async fn shared_router() -> Option<(&'static Crossbar, PathBuf)> {
+    let router = blocking(ocs_testing::shared_crossbar).await?;
+    let venv = ocs_testing::venv().expect("venv present when the router is");
+    Some((router, venv))
+}
+
+/// A crossbar router of the test's own (to kill, restart or pause).
+pub async fn private_router(venv: &Path) -> Crossbar {
+    let venv = venv.to_owned();
+    blocking(move || Crossbar::start(&venv).expect("start a router of our own")).await
+}
+
+/// `tests/python/<script> SITE_FILE INSTANCE_ID` with the virtualenv's
+/// Python: an ocs client of the monitor `instance`.
+pub fn ocs_client_command(
+    venv: &Path,
+    script: &str,
+    site_file: &Path,
+    instance: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(venv.join("bin/python"));
+    command
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/python")
+                .join(script),
+        )
+        .arg(site_file)
+        .arg(instance);
+    command
+}
+
+/// Runs [`ocs_client_command`] to its end: its JSON output, or its stderr
+/// when it failed.
+pub async fn run_ocs_client(
+    venv: &Path,
+    script: &str,
+    site_file: &Path,
+    instance: &str,
+) -> Result<serde_json::Value, String> {
+    let out = ocs_client_command(venv, script, site_file, instance)
+        .output()
+        .await
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Waits (at most `within`) until the dead-letter file of the monitor in
+/// `work` (its default spool) satisfies `done`; returns its text.
+pub async fn wait_for_dead_letters(
+    work: &Path,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let path = work.join("pysmurf_monitor_spool/dead_letters.jsonl");
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(&path);
+        match text {
+            Ok(text) if done(&text) => return text,
+            text => assert!(
+                Instant::now() < deadline,
+                "dead letters after {within:?}: {text:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
