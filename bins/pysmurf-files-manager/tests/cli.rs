@@ -233,6 +233,28 @@ sys.exit(os.waitstatus_to_exitcode(status))
     db.drop_database().await;
 }
 
+/// Two tests of `checks`: `$sqlite` on [`Scratch::sqlite`], `$mariadb` on
+/// [`Scratch::mariadb`] (named `$name`).
+macro_rules! on_both_backends {
+    ($checks:ident, $name:literal: $sqlite:ident, $mariadb:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let scratch = Scratch::sqlite().await;
+            $checks(&scratch).await;
+            scratch.finish().await;
+        }
+
+        #[tokio::test]
+        async fn $mariadb() {
+            let Some(scratch) = Scratch::mariadb($name).await else {
+                return;
+            };
+            $checks(&scratch).await;
+            scratch.finish().await;
+        }
+    };
+}
+
 /// A scratch database of one backend for the subcommands that read and
 /// write rows: the directory the binary runs in, its environment, and the
 /// target for checking rows through `files_db`.
@@ -642,21 +664,7 @@ async fn backfill_checks(scratch: &Scratch) {
     assert_one_line_failure(&missing, "absent");
 }
 
-#[tokio::test]
-async fn backfill_on_sqlite() {
-    let scratch = Scratch::sqlite().await;
-    backfill_checks(&scratch).await;
-    scratch.finish().await;
-}
-
-#[tokio::test]
-async fn backfill_on_mariadb() {
-    let Some(scratch) = Scratch::mariadb("backfill").await else {
-        return;
-    };
-    backfill_checks(&scratch).await;
-    scratch.finish().await;
-}
+on_both_backends!(backfill_checks, "backfill": backfill_on_sqlite, backfill_on_mariadb);
 
 fn dead_letter(reason: &str, datagram: serde_json::Value) -> String {
     serde_json::json!({
@@ -849,21 +857,11 @@ async fn replay_checks(scratch: &Scratch) {
     assert_one_line_failure(&missing, "absent.jsonl");
 }
 
-#[tokio::test]
-async fn replay_dead_letters_on_sqlite() {
-    let scratch = Scratch::sqlite().await;
-    replay_checks(&scratch).await;
-    scratch.finish().await;
-}
-
-#[tokio::test]
-async fn replay_dead_letters_on_mariadb() {
-    let Some(scratch) = Scratch::mariadb("replay").await else {
-        return;
-    };
-    replay_checks(&scratch).await;
-    scratch.finish().await;
-}
+on_both_backends!(
+    replay_checks,
+    "replay": replay_dead_letters_on_sqlite,
+    replay_dead_letters_on_mariadb
+);
 
 /// On a terminal, backfill redraws one progress line on stderr (and clears
 /// it at the end); elsewhere it writes none (see `backfill_checks`).

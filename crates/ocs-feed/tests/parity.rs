@@ -513,6 +513,15 @@ fn access_director(site: &Path, tag: &str) -> PythonAgent {
     PythonAgent::start(&script, site, &format!("access-dir-{tag}"), &[])
 }
 
+/// Waits until `agent` has rules from the Access Director (`what` they are).
+async fn wait_for_rules(agent: &Agent, what: &str) {
+    let agent = agent.clone();
+    support::wait_for(what, Duration::from_secs(30), move || {
+        agent.access_control()["update_count"].as_u64() >= Some(1)
+    })
+    .await;
+}
+
 /// Point 1, `director:ID` with ocs 0.12's real Access Director: blocked (level 0) until its
 /// rules arrive on its `controls` feed; then md5-hashed passwords, scopes and patterns as in
 /// ocs. A twin pair that joins after the director gets its rules through `agent_poll`.
@@ -533,13 +542,7 @@ async fn director_policy_blocks_until_the_access_director_rules_arrive() {
     assert_eq!(twins.rust.access_control()["update_count"], 0);
 
     let _director = access_director(&twins.site, "director");
-    let rust = twins.rust.clone();
-    support::wait_for(
-        "the Access Director's rules",
-        Duration::from_secs(30),
-        move || rust.access_control()["update_count"].as_u64() >= Some(1),
-    )
-    .await;
+    wait_for_rules(&twins.rust, "the Access Director's rules").await;
     // Both twins get the same broadcast.
     twins.compare("wait_rules", None).await;
     for password in [None, Some("two"), Some("three"), Some("wrong")] {
@@ -548,13 +551,7 @@ async fn director_policy_blocks_until_the_access_director_rules_arrive() {
 
     // Agents that join after the director ask it with agent_poll.
     let late = Twins::start(cb, "late", "", &["--access-policy", policy], Some(policy)).await;
-    let rust = late.rust.clone();
-    support::wait_for(
-        "the rules asked for with agent_poll",
-        Duration::from_secs(30),
-        move || rust.access_control()["update_count"].as_u64() >= Some(1),
-    )
-    .await;
+    wait_for_rules(&late.rust, "the rules asked for with agent_poll").await;
     late.compare("wait_rules", None).await;
     late.compare("access", Some("three")).await;
     late.stop().await;
