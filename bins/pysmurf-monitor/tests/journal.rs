@@ -54,7 +54,11 @@ async fn datagrams_read_but_not_spooled_survive_kill_9() {
         assert!(Instant::now() < deadline, "not all routed: {counters}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(counters["datagrams_received"], BURST + GARBAGE, "{counters}");
+    assert_eq!(
+        counters["datagrams_received"],
+        BURST + GARBAGE,
+        "{counters}"
+    );
     assert_eq!(counters["unspooled"], BURST, "{counters}");
     assert_eq!(counters["spool_depth"], 0, "nothing spooled: {counters}");
     assert_eq!(counters["journal_errors"], 0, "{counters}");

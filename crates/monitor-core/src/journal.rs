@@ -483,11 +483,17 @@ mod tests {
         // A restart: a new segment from the next sequence; the old one is
         // deleted once covered.
         let segments = list_segments(dir.path()).unwrap();
-        let last = read_segment(&segments[0].path, 0).unwrap().last_seq.unwrap();
+        let last = read_segment(&segments[0].path, 0)
+            .unwrap()
+            .last_seq
+            .unwrap();
         let mut writer = JournalWriter::new(dir.path().to_owned(), last + 1, segments);
         writer.append(SystemTime::now(), batch(1)).unwrap();
         let sizes = segment_sizes(dir.path());
-        assert_eq!(sizes.iter().map(|s| s.0).collect::<Vec<_>>(), [second, last + 1]);
+        assert_eq!(
+            sizes.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [second, last + 1]
+        );
         writer.delete_covered(last).unwrap();
         assert_eq!(segment_sizes(dir.path()).len(), 1);
         assert_eq!(read_all(dir.path(), 0).len(), 1);

@@ -619,7 +619,7 @@ impl Spool {
             },
             "append to",
         )
-            .await?;
+        .await?;
         answer
             .await
             .unwrap_or_else(|_| Err(self.closed("append to")))

@@ -21,7 +21,12 @@ impl Journaling {
     /// Appends `batch` (received at `received_at`) to the journal with one
     /// write and gives each datagram its sequence number; on failure the
     /// batch goes on without (sequence 0).
-    pub(super) fn write(&mut self, shared: &Shared, received_at: SystemTime, batch: &mut [Received]) {
+    pub(super) fn write(
+        &mut self,
+        shared: &Shared,
+        received_at: SystemTime,
+        batch: &mut [Received],
+    ) {
         let appended = self
             .writer
             .append(received_at, batch.iter().map(|d| (d.sender, &*d.bytes)));
@@ -33,10 +38,7 @@ impl Journaling {
                 if self.failing {
                     tracing::info!("the receive journal is written again");
                     self.failing = false;
-                    shared
-                        .stats
-                        .journal_failing
-                        .store(false, Ordering::Relaxed);
+                    shared.stats.journal_failing.store(false, Ordering::Relaxed);
                 }
             }
             Err(err) => {
