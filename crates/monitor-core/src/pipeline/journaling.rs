@@ -79,9 +79,10 @@ impl Journaling {
 /// *replayed* datagrams (read by an earlier run, perhaps not spooled: a
 /// registration is spooled, anything else was handled already and is not
 /// published again), then returns the writer for the receiver, starting a
-/// new segment after the last record found. Segments wholly covered, or
-/// with no whole record, are left for [`Journaling`] to delete or deleted.
-/// A journal that cannot be read is logged and counted, never fatal.
+/// new segment after the last record found. Segments the mark wholly
+/// covers are left for [`Journaling`] to delete; one without a whole record
+/// is deleted at once. A journal that cannot be read is logged and counted,
+/// never fatal.
 pub(super) async fn replay_journal(
     shared: &Shared,
     to_router: &mpsc::Sender<Vec<Received>>,
