@@ -49,7 +49,10 @@ const MAGIC: [u8; 4] = *b"PSJ1";
 const HEADER: usize = 12;
 /// Sequence number and receive time.
 const FIXED_BODY: usize = 16;
-const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// CRC-32C, slice-by-16 (about 8 times the speed of the byte-wise table:
+/// the receiver computes it over every datagram).
+static CRC: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// Why the journal could not be written or read; each names the file or
 /// directory.
