@@ -80,8 +80,9 @@ pub(crate) fn register(
     let run_options = OpOptions::new().doc(
         "run(test_mode=False)\n\n**Process** - Reports the monitor's counters in session.data \
          every second and sets degraded while the database fails, the spool grows, the \
-         receive journal cannot be written or the pipeline has stopped (session.data.pipeline_error says why). The monitor records \
-         files whether or not this process runs.\n\nParameters:\n    test_mode (bool, \
+         receive journal cannot be written or the pipeline has stopped \
+         (session.data.pipeline_error says why). The monitor records files whether or not \
+         this process runs.\n\nParameters:\n    test_mode (bool, \
          optional): stop once every registration received so far is processed (committed or \
          dead-lettered). Meant for testing. Default is False.",
     );

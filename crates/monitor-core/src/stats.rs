@@ -78,7 +78,8 @@ pub struct MonitorStats {
     pub(crate) database_up: AtomicBool,
     pub(crate) spool_depth: AtomicU64,
     /// Datagrams read from the socket and not yet through the spool stage
-    /// (or routed elsewhere): what a `kill -9` would lose now.
+    /// (or routed elsewhere): what a `kill -9` now would leave to the
+    /// receive journal's replay.
     unspooled: AtomicU64,
     /// The highest `unspooled` since start.
     unspooled_peak: AtomicU64,
