@@ -215,8 +215,8 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-/// 3. The spool's disk full: spooling fails (counted, logged), registrations
-///    still land while the process lives, and once there is room again the
+/// 3. The spool's disk full: spooling and the receive journal fail
+///    (counted, logged once), registrations still land while the process lives, and once there is room again the
 ///    spool works again (what it holds at a stop is replayed by the next
 ///    run); every registration exactly once.
 ///
@@ -269,6 +269,20 @@ async fn a_full_disk_under_the_spool_loses_no_registration() {
         log.iter().any(|l| l.contains("cannot spool registrations")),
         "the spool failure is logged"
     );
+    // The receive journal is on the same disk: receiving went on without
+    // it, said so once per episode (a write may pass while SQLite frees a
+    // page), and it works again.
+    assert!(
+        counters["journal_errors"].as_u64().unwrap_or(0) > 0,
+        "the full disk failed no journal write: {counters}"
+    );
+    assert_eq!(counters["journal_up"], true, "{counters}");
+    let said = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    let (failed, recovered) = (
+        said("cannot write the receive journal"),
+        said("the receive journal is written again"),
+    );
+    assert!(failed >= 1 && failed == recovered, "{failed} {recovered}");
     assert_eq!(counters["files_registered"], LANDED, "{counters}");
     assert_eq!(counters["spool_depth"], LATE, "{counters}");
 

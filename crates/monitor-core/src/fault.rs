@@ -8,7 +8,9 @@
 //! - `receiver-start`: the receiver thread cannot be started;
 //! - `socket-after=N`: the UDP socket fails once N datagrams were read;
 //! - `panic-in=STAGE@N`: STAGE (`router`, `spooler`, `hasher` or `batcher`)
-//!   panics on its N-th item (N ≥ 1).
+//!   panics on its N-th item (N ≥ 1);
+//! - `stall-in=STAGE`: STAGE (`spooler`) stops at its first item and never
+//!   goes on (what is read piles up in front of it until a `kill -9`).
 
 /// The receiver may start (`Err` when `receiver-start` is injected).
 pub(crate) fn receiver_start() -> std::io::Result<()> {
@@ -43,6 +45,17 @@ pub(crate) fn stage_item(_stage: &'static str) {
     }
 }
 
+/// Never returns when `stall-in=STAGE` names `_stage`; else at once.
+#[inline]
+pub(crate) async fn stall(_stage: &'static str) {
+    #[cfg(feature = "fault-injection")]
+    if let Some(imp::Fault::StallIn(stage)) = imp::fault() {
+        if stage == _stage {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::sync::atomic::AtomicU64;
@@ -56,6 +69,7 @@ mod imp {
             at: u64,
             seen: AtomicU64,
         },
+        StallIn(String),
     }
 
     pub(super) fn fault() -> Option<&'static Fault> {
@@ -67,6 +81,8 @@ mod imp {
                     Fault::ReceiverStart
                 } else if let Some(n) = spec.strip_prefix("socket-after=") {
                     Fault::SocketAfter(n.parse().ok()?)
+                } else if let Some(stage) = spec.strip_prefix("stall-in=") {
+                    Fault::StallIn(stage.to_owned())
                 } else {
                     let (stage, at) = spec.strip_prefix("panic-in=")?.split_once('@')?;
                     Fault::PanicIn {

@@ -45,6 +45,7 @@
 mod dead_letter;
 mod fault;
 mod guard;
+mod journal;
 mod ops;
 mod pipeline;
 mod socket;

@@ -79,9 +79,10 @@ pub(crate) fn register(
     )?;
     let run_options = OpOptions::new().doc(
         "run(test_mode=False)\n\n**Process** - Reports the monitor's counters in session.data \
-         every second and sets degraded while the database fails, the spool grows or the \
-         pipeline has stopped (session.data.pipeline_error says why). The monitor records \
-         files whether or not this process runs.\n\nParameters:\n    test_mode (bool, \
+         every second and sets degraded while the database fails, the spool grows, the \
+         receive journal cannot be written or the pipeline has stopped \
+         (session.data.pipeline_error says why). The monitor records files whether or not \
+         this process runs.\n\nParameters:\n    test_mode (bool, \
          optional): stop once every registration received so far is processed (committed or \
          dead-lettered). Meant for testing. Default is False.",
     );
@@ -109,6 +110,8 @@ pub(crate) fn register(
                         !stats.database_up()
                             || spool_depth > DEGRADED_SPOOL_DEPTH
                             || failure.is_some()
+                            // Datagrams read are at risk until it works again.
+                            || !stats.journal_up()
                             // Such registrations wait in the spool for a restart.
                             || stats.dead_letter_errors.load(Ordering::Relaxed) > 0,
                     );

@@ -30,6 +30,11 @@
 //!   `locking_mode=EXCLUSIVE`, so a second monitor pointed at the same
 //!   directory fails to open it instead of replaying the same records and
 //!   colliding on ids.
+//! - **The receive journal's mark**: an append may say up to which
+//!   receive-journal sequence number it covers
+//!   ([`Spool::append_covering`]); the mark is raised in the same
+//!   transaction as the records, so "spooled" and "covered" never disagree,
+//!   and read back by [`Spool::journal_mark`].
 //! - A stored record that cannot be decoded is skipped by the reads with
 //!   an error log naming its id, and counted
 //!   ([`Spool::corrupt_records_skipped`]); the others still replay.
@@ -72,6 +77,18 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spool (
     datagram BLOB NOT NULL,
     replays INTEGER NOT NULL DEFAULT 0
 )";
+
+/// The highest receive-journal sequence number whose datagram is spooled or
+/// was not a registration (one row), written in the transaction of the
+/// append that covers it. Older programs ignore the table.
+const JOURNAL_MARK_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS journal_mark (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    covered INTEGER NOT NULL
+)";
+
+/// Raises the journal mark, never lowers it.
+const RAISE_JOURNAL_MARK: &str = "INSERT INTO journal_mark (only, covered) VALUES (1, ?) \
+    ON CONFLICT (only) DO UPDATE SET covered = max(covered, excluded.covered)";
 
 /// Commands queued for the writer task. When it is full, `append` waits:
 /// the spool is where pressure on registrations is absorbed, and the
@@ -309,6 +326,8 @@ struct Counters {
     depth: AtomicU64,
     /// Distinct corrupt records skipped by the reads.
     corrupt_skipped: AtomicU64,
+    /// The receive journal's mark, as committed.
+    journal_mark: AtomicU64,
 }
 
 impl fmt::Debug for Spool {
@@ -364,12 +383,14 @@ impl Spool {
             spool = %path.display(),
             pending = state.rows,
             next_id = state.next_id,
+            journal_mark = state.journal_mark,
             "spool opened"
         );
 
         let counters = Arc::new(Counters {
             depth: AtomicU64::new(state.rows),
             corrupt_skipped: AtomicU64::new(0),
+            journal_mark: AtomicU64::new(state.journal_mark),
         });
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let writer = Writer {
@@ -377,6 +398,7 @@ impl Spool {
             options,
             conn: Some(conn),
             next_id: state.next_id,
+            journal_mark: state.journal_mark,
             counters: Arc::clone(&counters),
             corrupt_seen: HashSet::new(),
             insert_sql: InsertSql::default(),
@@ -412,7 +434,7 @@ impl Spool {
         datagram: impl Into<Arc<[u8]>>,
     ) -> Result<SpoolId, SpoolError> {
         let records = vec![self.new_record(sender, received_at, datagram.into())?];
-        let ids = self.submit_append(records).await?;
+        let ids = self.submit_append(records, 0).await?;
         match ids.first() {
             Some(&id) => Ok(id),
             // The writer returns one id per record; this is unreachable, but
@@ -429,14 +451,33 @@ impl Spool {
         &self,
         records: Vec<(SocketAddr, SystemTime, Arc<[u8]>)>,
     ) -> Result<Vec<SpoolId>, SpoolError> {
-        if records.is_empty() {
+        self.append_covering(records, 0).await
+    }
+
+    /// [`append_many`](Self::append_many) that also raises the receive
+    /// journal's mark to `journal_seq` in the same transaction (a lower
+    /// value leaves it; 0: no journal). Raises it even when `records` is
+    /// empty.
+    pub async fn append_covering(
+        &self,
+        records: Vec<(SocketAddr, SystemTime, Arc<[u8]>)>,
+        journal_seq: u64,
+    ) -> Result<Vec<SpoolId>, SpoolError> {
+        if records.is_empty() && journal_seq <= self.journal_mark() {
             return Ok(Vec::new());
         }
         let records = records
             .into_iter()
             .map(|(sender, received_at, datagram)| self.new_record(sender, received_at, datagram))
             .collect::<Result<Vec<_>, _>>()?;
-        self.submit_append(records).await
+        self.submit_append(records, journal_seq).await
+    }
+
+    /// The highest receive-journal sequence number a committed append
+    /// covers (0: none yet): the journal's records above it are replayed at
+    /// the next start.
+    pub fn journal_mark(&self) -> u64 {
+        self.inner.counters.journal_mark.load(Ordering::Relaxed)
     }
 
     /// Removes records for good, returning once the removal is committed.
@@ -564,10 +605,21 @@ impl Spool {
         })
     }
 
-    async fn submit_append(&self, records: Vec<NewRecord>) -> Result<Vec<SpoolId>, SpoolError> {
+    async fn submit_append(
+        &self,
+        records: Vec<NewRecord>,
+        covers: u64,
+    ) -> Result<Vec<SpoolId>, SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { records, reply }, "append to")
-            .await?;
+        self.send(
+            Command::Append {
+                records,
+                covers,
+                reply,
+            },
+            "append to",
+        )
+        .await?;
         answer
             .await
             .unwrap_or_else(|_| Err(self.closed("append to")))
@@ -617,6 +669,7 @@ impl From<sqlx::Error> for Prepare {
 struct Opened {
     rows: u64,
     next_id: i64,
+    journal_mark: u64,
 }
 
 /// Checks the format, creates the table, takes the exclusive lock (the
@@ -630,6 +683,7 @@ async fn prepare(conn: &mut SqliteConnection) -> Result<Opened, Prepare> {
     }
     let mut tx = conn.begin().await?;
     sqlx::query(SCHEMA).execute(&mut *tx).await?;
+    sqlx::query(JOURNAL_MARK_SCHEMA).execute(&mut *tx).await?;
     // Always written, so that the exclusive lock is taken now rather than at
     // the first append.
     sqlx::query(&format!("PRAGMA user_version = {FORMAT_VERSION}"))
@@ -643,11 +697,15 @@ async fn prepare(conn: &mut SqliteConnection) -> Result<Opened, Prepare> {
         sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'spool'")
             .fetch_optional(&mut *tx)
             .await?;
+    let journal_mark: Option<i64> = sqlx::query_scalar("SELECT covered FROM journal_mark")
+        .fetch_optional(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Opened {
         rows: u64::try_from(rows).unwrap_or(0),
         // Ids start at 1, whatever a foreign writer left below that.
         next_id: max_id.max(high_water.unwrap_or(0)).max(0).saturating_add(1),
+        journal_mark: journal_mark.map_or(0, |mark| u64::try_from(mark).unwrap_or(0)),
     })
 }
 
@@ -691,6 +749,8 @@ struct NewRecord {
 enum Command {
     Append {
         records: Vec<NewRecord>,
+        /// The receive-journal sequence number this append covers.
+        covers: u64,
         reply: oneshot::Sender<Result<Vec<SpoolId>, SpoolError>>,
     },
     Ack {
@@ -727,6 +787,8 @@ struct Writer {
     /// fresh one opened for the next command, so no half-known transaction
     /// state survives an error.
     conn: Option<SqliteConnection>,
+    /// The receive journal's mark, as committed.
+    journal_mark: u64,
     /// The id the next appended record gets. Not rolled back when a
     /// transaction fails: ids are never reused, gaps are harmless.
     next_id: i64,
@@ -810,9 +872,22 @@ impl Writer {
         if commands.is_empty() {
             return;
         }
+        let covers = commands
+            .iter()
+            .map(|c| match c {
+                Command::Append { covers, .. } => *covers,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let raise = (covers > self.journal_mark).then_some(covers);
 
-        match self.commit(&commands, first_id).await {
+        match self.commit(&commands, first_id, raise).await {
             Ok(removed) => {
+                if let Some(mark) = raise {
+                    self.journal_mark = mark;
+                    self.counters.journal_mark.store(mark, Ordering::Relaxed);
+                }
                 if self.failures_in_a_row > 0 {
                     tracing::info!(
                         spool = %self.path.display(),
@@ -836,7 +911,7 @@ impl Writer {
                 let mut next = first_id;
                 for command in commands {
                     match command {
-                        Command::Append { records, reply } => {
+                        Command::Append { records, reply, .. } => {
                             // Ids from 1 to i64::MAX - 1 (checked above).
                             let ids = (0..records.len())
                                 .map(|offset| SpoolId((next + offset as i64) as u64))
@@ -886,9 +961,15 @@ impl Writer {
         }
     }
 
-    /// The transaction: inserts with ids from `first_id` on, then deletes.
-    /// Returns how many rows the deletes removed.
-    async fn commit(&mut self, commands: &[Command], first_id: i64) -> Result<u64, sqlx::Error> {
+    /// The transaction: inserts with ids from `first_id` on, raises the
+    /// journal mark to `raise`, then deletes. Returns how many rows the
+    /// deletes removed.
+    async fn commit(
+        &mut self,
+        commands: &[Command],
+        first_id: i64,
+        raise: Option<u64>,
+    ) -> Result<u64, sqlx::Error> {
         let mut rows: Vec<&NewRecord> = Vec::new();
         let mut acked: Vec<i64> = Vec::new();
         for command in commands {
@@ -903,20 +984,27 @@ impl Writer {
         // One statement is a transaction of its own: one round trip to
         // SQLite's thread instead of three (begin, statement, commit), which
         // is most of the cost of the small batches of a low rate.
-        if acked.is_empty() && statement_chunks(&rows, MAX_INSERT_ROWS).count() <= 1 {
+        let statements = statement_chunks(&rows, MAX_INSERT_ROWS).count()
+            + usize::from(!acked.is_empty())
+            + usize::from(raise.is_some());
+        if statements <= 1 {
             if !rows.is_empty() {
                 insert(conn, &mut self.insert_sql, &rows, first_id).await?;
+            } else if !acked.is_empty() {
+                return delete(conn, &acked).await;
+            } else if let Some(mark) = raise {
+                raise_journal_mark(conn, mark).await?;
             }
             return Ok(0);
-        }
-        if rows.is_empty() {
-            return delete(conn, &acked).await;
         }
         let mut tx = conn.begin().await?;
         let mut id = first_id;
         for chunk in statement_chunks(&rows, MAX_INSERT_ROWS) {
             insert(&mut tx, &mut self.insert_sql, chunk, id).await?;
             id += chunk.len() as i64;
+        }
+        if let Some(mark) = raise {
+            raise_journal_mark(&mut tx, mark).await?;
         }
         let removed = if acked.is_empty() {
             0
@@ -974,6 +1062,16 @@ impl Writer {
         }
         Ok(page)
     }
+}
+
+/// Raises the receive journal's mark to `mark` (never lowers it).
+async fn raise_journal_mark(conn: &mut SqliteConnection, mark: u64) -> Result<(), sqlx::Error> {
+    // Sequence numbers count records: far below i64::MAX.
+    sqlx::query(RAISE_JOURNAL_MARK)
+        .bind(i64::try_from(mark).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Inserts `rows` (at most [`MAX_INSERT_ROWS`]) with ids from `first_id` on,
@@ -1054,14 +1152,17 @@ fn decode(id: i64, row: &SqliteRow) -> Result<SpooledRecord, String> {
 }
 
 /// Signed nanoseconds since the Unix epoch, if they fit in an `i64`.
-fn nanos_since_epoch(time: SystemTime) -> Option<i64> {
+/// A time as nanoseconds since 1970 (`None` beyond ±292 years); the
+/// spool's and the receive journal's stored form.
+pub(crate) fn nanos_since_epoch(time: SystemTime) -> Option<i64> {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_nanos()).ok(),
         Err(before) => i64::try_from(before.duration().as_nanos()).ok().map(|n| -n),
     }
 }
 
-fn time_from_nanos(nanos: i64) -> Option<SystemTime> {
+/// The inverse of [`nanos_since_epoch`].
+pub(crate) fn time_from_nanos(nanos: i64) -> Option<SystemTime> {
     let offset = Duration::from_nanos(nanos.unsigned_abs());
     if nanos >= 0 {
         UNIX_EPOCH.checked_add(offset)
@@ -1677,5 +1778,43 @@ mod tests {
                 spool.close().await;
             });
         }
+    }
+
+    /// The receive journal's mark moves with the appends that cover it,
+    /// never down, also with no record, and survives a reopen; a failed
+    /// append leaves it.
+    #[tokio::test]
+    async fn the_journal_mark_is_committed_with_its_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path()).await;
+        assert_eq!(spool.journal_mark(), 0);
+        let record = |n| (sender(1), at(0), datagram(n));
+        spool
+            .append_covering(vec![record(1), record(2)], 40)
+            .await
+            .unwrap();
+        assert_eq!(spool.journal_mark(), 40);
+        spool.append_covering(vec![record(3)], 7).await.unwrap();
+        assert_eq!(spool.journal_mark(), 40, "never lowered");
+        spool.append_covering(Vec::new(), 41).await.unwrap();
+        assert_eq!(spool.journal_mark(), 41);
+        spool.append_many(vec![record(4)]).await.unwrap();
+        spool.close().await;
+
+        let spool = open(dir.path()).await;
+        assert_eq!(spool.journal_mark(), 41);
+        assert_eq!(spool.depth(), 4);
+        spool.close().await;
+        let limited = Spool::open_with(dir.path(), |o| o.pragma("max_page_count", "1"))
+            .await
+            .unwrap();
+        let big = Arc::<[u8]>::from(vec![1u8; 100_000]);
+        assert!(limited
+            .append_covering(vec![(sender(1), at(0), big)], 99)
+            .await
+            .is_err());
+        assert_eq!(limited.journal_mark(), 41);
+        limited.close().await;
+        assert_eq!(open(dir.path()).await.journal_mark(), 41);
     }
 }

@@ -70,10 +70,16 @@ pub struct MonitorStats {
     pub(crate) feed_errors: AtomicU64,
     pub(crate) other_messages: AtomicU64,
     pub(crate) spool_errors: AtomicU64,
+    /// Receive-journal writes that failed (their batches were handed on
+    /// without being on disk first).
+    pub(crate) journal_errors: AtomicU64,
+    /// The last receive-journal write failed.
+    pub(crate) journal_failing: AtomicBool,
     pub(crate) database_up: AtomicBool,
     pub(crate) spool_depth: AtomicU64,
     /// Datagrams read from the socket and not yet through the spool stage
-    /// (or routed elsewhere): what a `kill -9` would lose now.
+    /// (or routed elsewhere): what a `kill -9` now would leave to the
+    /// receive journal's replay.
     unspooled: AtomicU64,
     /// The highest `unspooled` since start.
     unspooled_peak: AtomicU64,
@@ -108,6 +114,11 @@ impl MonitorStats {
     /// Whether the last database operation succeeded.
     pub fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last receive-journal write succeeded (or none was made).
+    pub fn journal_up(&self) -> bool {
+        !self.journal_failing.load(Ordering::Relaxed)
     }
 
     /// Why the pipeline stopped on its own, if it did: the monitor is then
@@ -179,12 +190,14 @@ impl MonitorStats {
             ("feed_errors", &self.feed_errors),
             ("other_messages", &self.other_messages),
             ("spool_errors", &self.spool_errors),
+            ("journal_errors", &self.journal_errors),
             ("unspooled", &self.unspooled),
             ("unspooled_peak", &self.unspooled_peak),
         ] {
             map.insert(name.into(), json!(load(counter)));
         }
         map.insert("database_up".into(), json!(self.database_up()));
+        map.insert("journal_up".into(), json!(self.journal_up()));
         map.insert("pipeline_up".into(), json!(self.pipeline_error().is_none()));
         map
     }
@@ -225,6 +238,8 @@ mod tests {
         assert_eq!(snapshot["rejected_malformed"], 2);
         assert_eq!(snapshot["files_registered"], 3);
         assert_eq!(snapshot["database_up"], true);
+        assert_eq!(snapshot["journal_up"], true);
+        assert_eq!(snapshot["journal_errors"], 0);
         for key in snapshot.keys() {
             assert!(ocs_feed::check_field_name(key).is_ok(), "{key}");
         }

@@ -33,11 +33,13 @@ use crate::spool::{Spool, SpoolCursor, SpoolId, SpooledRecord};
 use crate::stats::{MonitorStats, RejectReason};
 
 mod batch;
+mod journaling;
 mod receive;
 mod register;
 mod route;
 
 use batch::batch_stage;
+use journaling::replay_journal;
 use receive::start_receiver;
 use register::spool_stage;
 use route::route_stage;
@@ -190,6 +192,8 @@ struct Shared {
     agent: Option<Agent>,
     recorder: Recorder,
     spool: Spool,
+    /// The receive journal's directory (`<spool-dir>/journal`).
+    journal_dir: PathBuf,
     dead_letters: DeadLetterWriter,
     hasher: FileHasher,
     options: PipelineOptions,
@@ -259,6 +263,11 @@ struct Received {
     received_at: SystemTime,
     /// Shared with the spool's append: never copied after the receive.
     bytes: Arc<[u8]>,
+    /// Its receive-journal sequence number (0: not journaled).
+    journal_seq: u64,
+    /// Replayed from the journal at start-up: read by an earlier run, which
+    /// may have routed it already.
+    replayed: bool,
 }
 
 /// A file registration on its way to the database.
@@ -337,6 +346,7 @@ impl Monitor {
                 agent,
                 recorder,
                 spool,
+                journal_dir: spool_dir.join(crate::journal::DIR_NAME),
                 dead_letters,
                 hasher,
                 options,
@@ -472,7 +482,15 @@ impl Monitor {
             "stats",
             stats_stage(shared.clone(), stop.clone()),
         );
-        if let Err(err) = start_receiver(shared.clone(), socket, received_tx, stop.clone()) {
+        // What an earlier run read and did not spool, before anything new.
+        let journaling = replay_journal(&shared, &received_tx).await;
+        if let Err(err) = start_receiver(
+            shared.clone(),
+            socket,
+            received_tx,
+            journaling,
+            stop.clone(),
+        ) {
             shared.fail(PipelineError::ReceiverStart(err));
         }
         tracker.close();

@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 
+use super::journaling::Journaling;
 use super::*;
 
 /// Most datagrams read with one system call (`recvmmsg`) and handed to the
@@ -33,6 +34,7 @@ pub(super) fn start_receiver(
     shared: Arc<Shared>,
     socket: UdpSocket,
     to_router: mpsc::Sender<Vec<Received>>,
+    mut journaling: Journaling,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     crate::fault::receiver_start()?;
@@ -44,7 +46,7 @@ pub(super) fn start_receiver(
         .name("udp-receiver".into())
         .spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                receive(&shared, &socket, &to_router, &shutdown)
+                receive(&shared, &socket, &to_router, &mut journaling, &shutdown)
             }));
             match outcome {
                 Ok(Ok(())) => {}
@@ -59,13 +61,15 @@ pub(super) fn start_receiver(
 }
 
 /// Drains the socket into the router's channel, a batch of what is queued
-/// per system call; never parses, never waits on anything but the socket
+/// per system call, each batch written to the receive journal first; never
+/// parses, never waits on anything but the socket, the journal's `write`
 /// and that channel. Ends with `Ok` at `shutdown` or when the router is
 /// gone, with the error when the socket fails.
 fn receive(
     shared: &Shared,
     socket: &std::net::UdpSocket,
     to_router: &mpsc::Sender<Vec<Received>>,
+    journaling: &mut Journaling,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut buffers = vec![0u8; DATAGRAM_BUFFER * RECEIVE_BATCH];
@@ -116,6 +120,9 @@ fn receive(
         if batch.is_empty() {
             continue;
         }
+        // On disk (page cache) before it is handed on: a kill -9 loses at
+        // most the batch being read.
+        journaling.write(shared, received_at, &mut batch);
         shared.stats.unspooled_add(batch.len() as u64);
         if to_router.blocking_send(batch).is_err() {
             // The router is gone: its own failure is what stops the pipeline.
@@ -183,5 +190,7 @@ fn admit(
         sender,
         received_at,
         bytes: Arc::from(bytes),
+        journal_seq: 0,
+        replayed: false,
     })
 }

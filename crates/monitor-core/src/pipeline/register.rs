@@ -64,6 +64,7 @@ pub(super) async fn spool_stage(
                     break;
                 }
                 crate::fault::stage_item("spooler");
+                crate::fault::stall("spooler").await;
                 let ids = append(&shared, &group).await;
                 shared.stats.unspooled_sub(group.len() as u64);
                 let mut ready = Vec::with_capacity(group.len());
@@ -267,8 +268,11 @@ impl Hashing {
     }
 }
 
-/// Appends `group` to the spool in one transaction: their ids, or `None`s
-/// if the spool failed (counted and logged).
+/// Appends `group` to the spool in one transaction, raising the receive
+/// journal's mark to their highest sequence number (the router hands them
+/// on in order, so every datagram read before is spooled or was routed
+/// elsewhere): their ids, or `None`s if the spool failed (counted and
+/// logged).
 async fn append(shared: &Shared, group: &[Registration]) -> Vec<Option<SpoolId>> {
     let records = group
         .iter()
@@ -280,7 +284,12 @@ async fn append(shared: &Shared, group: &[Registration]) -> Vec<Option<SpoolId>>
             )
         })
         .collect();
-    let ids = match shared.spool.append_many(records).await {
+    let covers = group
+        .iter()
+        .map(|r| r.received.journal_seq)
+        .max()
+        .unwrap_or(0);
+    let ids = match shared.spool.append_covering(records, covers).await {
         Ok(ids) => ids.into_iter().map(Some).collect(),
         Err(err) => {
             shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -306,6 +315,9 @@ async fn registration_from(
         sender: record.sender,
         received_at: record.received_at,
         bytes: record.datagram,
+        // Spooled already: the journal's mark covers it.
+        journal_seq: 0,
+        replayed: false,
     };
     let parsed = Datagram::parse(&received.bytes)
         .map_err(|e| e.to_string())

@@ -42,15 +42,22 @@ async fn route_one(
     let parsed = match Datagram::parse(&datagram.bytes) {
         Ok(parsed) => parsed,
         Err(err) => {
-            refuse(
-                shared,
-                datagram.sender,
-                RejectReason::Malformed,
-                &err.to_string(),
-            );
+            if !datagram.replayed {
+                refuse(
+                    shared,
+                    datagram.sender,
+                    RejectReason::Malformed,
+                    &err.to_string(),
+                );
+            }
             return Some(false);
         }
     };
+    let is_file = matches!(parsed.message(), Message::DataFile(_) | Message::G3File(_));
+    if datagram.replayed && !is_file {
+        // Routed by the run that read it (at most once): not again.
+        return Some(false);
+    }
     match parsed.message() {
         Message::DataFile(_) | Message::G3File(_) => {
             let envelope = parsed.envelope().clone();
@@ -82,10 +89,11 @@ async fn route_one(
             shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
             let registration = Registration {
                 spool_id: None,
+                // From the journal: without a spool, its row may be committed.
+                replayed: datagram.replayed,
                 received: datagram,
                 envelope,
                 file,
-                replayed: false,
                 slot: None,
             };
             if to_spool.send(registration).await.is_err() {
