@@ -884,12 +884,19 @@ fn the_log_file_is_named_and_placed_as_ocs_does() {
         ],
     );
     let file = working_dir.join("logs/observatory.logname-test.log");
-    let text = std::fs::read_to_string(&file)
-        .unwrap_or_else(|err| panic!("no log file {}: {err}", file.display()));
-    assert!(
-        text.contains("udp="),
-        "the start-up line is in {}",
-        file.display()
-    );
+    // The file gets the start-up line a moment after stderr does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("udp=") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start-up line in {}: {text:?}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(monitor.terminate(), 0);
 }
