@@ -3,14 +3,26 @@
 //! receiver runs) from the spool's mark on. The format and the files are
 //! [`crate::journal`]'s.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use super::{receive, Received};
 use crate::journal::{self, JournalError, JournalWriter};
+use crate::spool::Spool;
+use crate::stats::MonitorStats;
 
 /// The receiver's side of the journal: appends each batch, and keeps going
 /// without it while it cannot (counted in `journal_errors`, logged once per
 /// episode, `run` degraded meanwhile).
 pub(super) struct Journaling {
     writer: JournalWriter,
+    /// Whose mark says which segments are covered.
+    spool: Spool,
+    stats: Arc<MonitorStats>,
     /// The last append failed.
     failing: bool,
     /// The last deletion of a covered segment failed.
@@ -21,12 +33,7 @@ impl Journaling {
     /// Appends `batch` (received at `received_at`) to the journal with one
     /// write and gives each datagram its sequence number; on failure the
     /// batch goes on without (sequence 0).
-    pub(super) fn write(
-        &mut self,
-        shared: &Shared,
-        received_at: SystemTime,
-        batch: &mut [Received],
-    ) {
+    pub(super) fn write(&mut self, received_at: SystemTime, batch: &mut [Received]) {
         let appended = self
             .writer
             .append(received_at, batch.iter().map(|d| (d.sender, &*d.bytes)));
@@ -38,11 +45,11 @@ impl Journaling {
                 if self.failing {
                     tracing::info!("the receive journal is written again");
                     self.failing = false;
-                    shared.stats.journal_failing.store(false, Ordering::Relaxed);
+                    self.stats.journal_failing.store(false, Ordering::Relaxed);
                 }
             }
             Err(err) => {
-                shared.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     tracing::warn!(
                         error = %ocs_feed::error_with_causes(&err),
@@ -50,17 +57,17 @@ impl Journaling {
                          (a kill -9 loses those not yet spooled) until a write succeeds again"
                     );
                     self.failing = true;
-                    shared.stats.journal_failing.store(true, Ordering::Relaxed);
+                    self.stats.journal_failing.store(true, Ordering::Relaxed);
                 }
             }
         }
-        self.delete_covered(shared);
+        self.delete_covered();
     }
 
     /// Deletes the segments the spool's mark covers (a failure is logged
     /// once until a deletion succeeds again, and retried).
-    fn delete_covered(&mut self, shared: &Shared) {
-        match self.writer.delete_covered(shared.spool.journal_mark()) {
+    fn delete_covered(&mut self) {
+        match self.writer.delete_covered(self.spool.journal_mark()) {
             Ok(()) => self.delete_failing = false,
             Err(err) => {
                 if !self.delete_failing {
@@ -84,13 +91,14 @@ impl Journaling {
 /// is deleted at once. A journal that cannot be read is logged and counted,
 /// never fatal.
 pub(super) async fn replay_journal(
-    shared: &Shared,
+    dir: PathBuf,
+    spool: Spool,
+    stats: Arc<MonitorStats>,
     to_router: &mpsc::Sender<Vec<Received>>,
 ) -> Journaling {
-    let dir = shared.journal_dir.clone();
-    let covered = shared.spool.journal_mark();
+    let covered = spool.journal_mark();
     let failed = |err: &JournalError| {
-        shared.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
+        stats.journal_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             error = %ocs_feed::error_with_causes(err),
             "cannot read the receive journal: what it holds is not replayed"
@@ -174,7 +182,7 @@ pub(super) async fn replay_journal(
                 })
                 .collect();
             replayed += batch.len() as u64;
-            shared.stats.unspooled_add(batch.len() as u64);
+            stats.unspooled_add(batch.len() as u64);
             if to_router.send(batch).await.is_err() {
                 // The router is gone: its failure stops the pipeline.
                 break;
@@ -186,6 +194,8 @@ pub(super) async fn replay_journal(
     }
     Journaling {
         writer: JournalWriter::new(dir, last_seq + 1, closed),
+        spool,
+        stats,
         failing: false,
         delete_failing: false,
     }

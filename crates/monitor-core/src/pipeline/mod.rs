@@ -14,35 +14,35 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use file_registration::{
-    epoch_seconds, file_row, registered_path, FileHasher, Recorder, WaitPolicy,
-};
-use files_db::suprsync::{SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE};
-use files_db::{FailureKind, FileRow, FilesDb};
-use ocs_feed::{enforce_field_name_rules, Agent, FeedOptions};
+use file_registration::{epoch_seconds, FileHasher, Recorder, WaitPolicy};
+use files_db::{FileRow, FilesDb};
+use ocs_feed::{Agent, FeedOptions};
 use serde_json::{json, Value};
-use smurf_protocol::{Datagram, Envelope, FilePayload, Message, MAX_DATAGRAM_LEN};
+use smurf_protocol::{Envelope, FilePayload};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::dead_letter::{DeadLetterWriter, DeadLetters, Letter};
-use crate::guard::{AllowList, LogLimiter};
-use crate::spool::{Spool, SpoolCursor, SpoolId, SpooledRecord};
-use crate::stats::{MonitorStats, RejectReason};
+use crate::dead_letter::{DeadLetterWriter, DeadLetters};
+use crate::guard::AllowList;
+use crate::spool::{Spool, SpoolId};
+use crate::stats::MonitorStats;
 
 mod batch;
 mod journaling;
 mod receive;
 mod register;
 mod route;
+mod sinks;
+mod supervise;
 
-use batch::batch_stage;
+use batch::Batcher;
 use journaling::replay_journal;
-use receive::start_receiver;
-use register::spool_stage;
-use route::route_stage;
+use receive::Receiver;
+use register::Spooler;
+use route::Router;
+use sinks::{DeadLetterSink, Feeds, Refusals};
+use supervise::Supervisor;
 
 /// The feed that carries `session_data` and `session_log` datagrams,
 /// unchanged, to pysmurf-controller agents.
@@ -183,78 +183,18 @@ pub enum PipelineError {
 /// Build it with [`Monitor::new`], run it with [`Monitor::run`]; read its
 /// counters through [`Monitor::stats`] while it runs.
 pub struct Monitor {
-    shared: Arc<Shared>,
-}
-
-/// What every stage reads.
-struct Shared {
     db: FilesDb,
-    agent: Option<Agent>,
     recorder: Recorder,
     spool: Spool,
     /// The receive journal's directory (`<spool-dir>/journal`).
     journal_dir: PathBuf,
-    dead_letters: DeadLetterWriter,
     hasher: FileHasher,
     options: PipelineOptions,
     stats: Arc<MonitorStats>,
-    limiter: LogLimiter,
-    /// `<stream-id>_meta` feeds registered so far.
-    metadata_feeds: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Stops the receiver: cancelled by the caller's shutdown or by a
-    /// failure of the pipeline itself.
-    stop: CancellationToken,
-    /// The first failure of the pipeline ([`Shared::fail`]).
-    failure: std::sync::Mutex<Option<PipelineError>>,
-}
-
-impl Shared {
-    /// The pipeline cannot go on: keeps the first reason, shows it (log,
-    /// `run` session) and stops receiving; the stages then drain to the
-    /// spool as at a shutdown and [`Monitor::run`] returns the error.
-    fn fail(&self, failure: PipelineError) {
-        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            tracing::error!(
-                reason = %failure,
-                "pipeline failed: draining what it holds to the spool, then exiting \
-                 non-zero so that the service manager restarts the monitor"
-            );
-            self.stats.set_pipeline_error(failure.to_string());
-            *first = Some(failure);
-        }
-        drop(first);
-        self.stop.cancel();
-    }
-}
-
-/// Runs `stage` as a task tracked by `tracker`; a panic in it fails the
-/// pipeline ([`PipelineError::Panicked`]) instead of going unseen.
-fn supervise(
-    tracker: &TaskTracker,
-    shared: &Arc<Shared>,
-    stage: &'static str,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let inner = tokio::spawn(task);
-    let shared = shared.clone();
-    tracker.spawn(async move {
-        if let Err(err) = inner.await {
-            if err.is_panic() {
-                let message = panic_message(err.into_panic().as_ref());
-                shared.fail(PipelineError::Panicked { stage, message });
-            }
-        }
-    });
-}
-
-/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned())
+    refusals: Arc<Refusals>,
+    dead_letters: Arc<DeadLetterSink>,
+    feeds: Arc<Feeds>,
+    supervisor: Arc<Supervisor>,
 }
 
 /// A datagram as the receiver hands it on.
@@ -341,32 +281,28 @@ impl Monitor {
         // Up until an operation says otherwise: `run` must not start degraded.
         stats.set_database_error(None);
         Ok(Self {
-            shared: Arc::new(Shared {
-                db,
-                agent,
-                recorder,
-                spool,
-                journal_dir: spool_dir.join(crate::journal::DIR_NAME),
-                dead_letters,
-                hasher,
-                options,
-                stats,
-                limiter: LogLimiter::default(),
-                metadata_feeds: Default::default(),
-                stop: CancellationToken::new(),
-                failure: Default::default(),
-            }),
+            db,
+            recorder,
+            spool,
+            journal_dir: spool_dir.join(crate::journal::DIR_NAME),
+            hasher,
+            options,
+            refusals: Arc::new(Refusals::new(stats.clone())),
+            dead_letters: Arc::new(DeadLetterSink::new(dead_letters, stats.clone())),
+            feeds: Arc::new(Feeds::new(agent, stats.clone())),
+            supervisor: Arc::new(Supervisor::new(stats.clone())),
+            stats,
         })
     }
 
     /// The live counters.
     pub fn stats(&self) -> Arc<MonitorStats> {
-        self.shared.stats.clone()
+        self.stats.clone()
     }
 
     /// The database the monitor writes to.
     pub fn database(&self) -> &FilesDb {
-        &self.shared.db
+        &self.db
     }
 
     /// Registers the monitor's OCS operations on `agent`: the `init` task
@@ -399,15 +335,15 @@ impl Monitor {
         create_table_default: bool,
         test_mode: bool,
     ) -> Result<(), ocs_feed::AgentError> {
-        let shared = self.shared.clone();
+        let (spool, stats) = (self.spool.clone(), self.stats.clone());
         let pending = Arc::new(move || {
-            shared.spool.depth()
-                + shared.stats.pending_md5.load(Ordering::Relaxed)
-                + shared.stats.pending_insert.load(Ordering::Relaxed)
+            spool.depth()
+                + stats.pending_md5.load(Ordering::Relaxed)
+                + stats.pending_insert.load(Ordering::Relaxed)
         });
         crate::ops::register(
-            self.shared.db.clone(),
-            self.shared.stats.clone(),
+            self.db.clone(),
+            self.stats.clone(),
             agent,
             create_table_default,
             test_mode,
@@ -431,8 +367,8 @@ impl Monitor {
         socket: UdpSocket,
         shutdown: CancellationToken,
     ) -> Result<(), PipelineError> {
-        let shared = self.shared;
-        let stop = shared.stop.clone();
+        let supervisor = self.supervisor.clone();
+        let stop = supervisor.stop_token().clone();
         tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -442,7 +378,6 @@ impl Monitor {
                 }
             }
         });
-        let tracker = TaskTracker::new();
         // Stages after the receiver keep going after `shutdown` until their
         // input closes, or until `drain` fires when the drain timeout is over.
         let drain = CancellationToken::new();
@@ -451,196 +386,129 @@ impl Monitor {
         let (spool_tx, spool_rx) = mpsc::channel(TO_SPOOL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(TO_BATCH_CAPACITY);
 
-        supervise(
-            &tracker,
-            &shared,
-            "batcher",
-            batch_stage(shared.clone(), batch_rx, drain.clone()),
-        );
+        let batcher = Batcher {
+            db: self.db.clone(),
+            spool: self.spool.clone(),
+            stats: self.stats.clone(),
+            dead_letters: self.dead_letters.clone(),
+            batch_rows: self.options.batch_rows,
+            batch_delay: self.options.batch_delay,
+            create_missing_table: self.options.create_missing_table,
+        };
+        supervisor.spawn("batcher", batcher.run(batch_rx, drain.clone()));
         // Also replays what an earlier run left in the spool.
-        supervise(
-            &tracker,
-            &shared,
-            "spooler",
-            spool_stage(
-                shared.clone(),
-                spool_rx,
-                batch_tx,
-                tracker.clone(),
-                drain.clone(),
+        let spooler = Spooler {
+            spool: self.spool.clone(),
+            hasher: self.hasher,
+            recorder: self.recorder,
+            stats: self.stats.clone(),
+            refusals: self.refusals.clone(),
+            dead_letters: self.dead_letters.clone(),
+            supervisor: supervisor.clone(),
+        };
+        supervisor.spawn("spooler", spooler.run(spool_rx, batch_tx, drain.clone()));
+        let router = Router {
+            stats: self.stats.clone(),
+            refusals: self.refusals.clone(),
+            dead_letters: self.dead_letters.clone(),
+            feeds: self.feeds.clone(),
+            suprsync: self.db.target().is_suprsync(),
+        };
+        supervisor.spawn("router", router.run(received_rx, spool_tx));
+        supervisor.spawn(
+            "stats",
+            stats_stage(
+                self.feeds.clone(),
+                self.spool.clone(),
+                self.stats.clone(),
+                self.options.stats_interval,
+                stop.clone(),
             ),
         );
-        supervise(
-            &tracker,
-            &shared,
-            "router",
-            route_stage(shared.clone(), received_rx, spool_tx),
-        );
-        supervise(
-            &tracker,
-            &shared,
-            "stats",
-            stats_stage(shared.clone(), stop.clone()),
-        );
         // What an earlier run read and did not spool, before anything new.
-        let journaling = replay_journal(&shared, &received_tx).await;
-        if let Err(err) = start_receiver(
-            shared.clone(),
-            socket,
-            received_tx,
+        let journaling = replay_journal(
+            self.journal_dir.clone(),
+            self.spool.clone(),
+            self.stats.clone(),
+            &received_tx,
+        )
+        .await;
+        let receiver = Receiver {
+            allow_from: self.options.allow_from.clone(),
+            stats: self.stats.clone(),
+            refusals: self.refusals.clone(),
             journaling,
-            stop.clone(),
-        ) {
-            shared.fail(PipelineError::ReceiverStart(err));
+            supervisor: supervisor.clone(),
+        };
+        if let Err(err) = receiver.start(socket, received_tx, stop.clone()) {
+            supervisor.fail(PipelineError::ReceiverStart(err));
         }
+        let tracker = supervisor.tracker();
         tracker.close();
 
         stop.cancelled().await;
         tracing::info!("shutting down: draining the pipeline");
-        if tokio::time::timeout(shared.options.drain_timeout, tracker.wait())
+        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                spool_depth = shared.spool.depth(),
+                spool_depth = self.spool.depth(),
                 "drain timeout reached; the rest stays in the spool"
             );
             drain.cancel();
             tracker.wait().await;
         }
-        shared.spool.close().await;
+        self.spool.close().await;
         // Dead letters of datagrams that had no spool record are not waited
         // for where they are queued: they are on disk before `run` returns.
-        shared.dead_letters.flush().await;
-        shared
-            .stats
+        self.dead_letters.flush().await;
+        self.stats
             .spool_depth
-            .store(shared.spool.depth(), Ordering::Relaxed);
+            .store(self.spool.depth(), Ordering::Relaxed);
         // Every counter, as JSON: what the run did, for the operator's log.
-        let counters = Value::Object(shared.stats.snapshot());
+        let counters = Value::Object(self.stats.snapshot());
         tracing::info!(%counters, "pipeline stopped");
-        let failure = shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        failure.map_or(Ok(()), Err)
+        supervisor.take_failure().map_or(Ok(()), Err)
     }
 }
 
-/// Counts a refused datagram and logs it at most once a minute per sender.
-fn refuse(shared: &Shared, sender: SocketAddr, reason: RejectReason, detail: &str) {
-    shared.stats.reject(reason);
-    if let Some(suppressed) = shared.limiter.should_log(sender, reason.name()) {
-        tracing::warn!(
-            %sender,
-            reason = reason.name(),
-            detail,
-            suppressed_since_last_log = suppressed,
-            "datagram refused"
-        );
-    }
-}
-
-fn publish(shared: &Shared, feed: &str, message: Value) {
-    let Some(agent) = &shared.agent else {
-        return;
-    };
-    if let Err(err) = agent.publish_to_feed(feed, message) {
-        shared.stats.feed_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(feed, error = %err, "feed message not published");
-    }
-}
-
-/// Dead-letters a registration on the writer thread; returns once the
-/// letter is written (`true`: the caller may then ack its spool record) or
-/// its write failed (`false`, counted in `dead_letter_errors` and logged:
-/// the caller must leave the record in the spool, so that the next start
-/// dead-letters it again instead of losing it).
-#[must_use]
-async fn dead_letter(shared: &Shared, received: &Received, reason: String) -> bool {
-    if shared.dead_letters.write(letter(received, reason)).await {
-        shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-        true
-    } else {
-        shared
-            .stats
-            .dead_letter_errors
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            sender = %received.sender,
-            "cannot write the dead letter: the registration stays in the spool for the next start"
-        );
-        false
-    }
-}
-
-/// Dead-letters a datagram that has no spool record, without waiting for
-/// the write.
-async fn dead_letter_later(shared: &Shared, received: &Received, reason: String) {
-    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-    shared
-        .dead_letters
-        .write_later(letter(received, reason))
-        .await;
-}
-
-fn letter(received: &Received, reason: String) -> Letter {
-    Letter {
-        reason,
-        sender: received.sender,
-        received_at: received.received_at,
-        datagram: received.bytes.clone(),
-    }
-}
-
-async fn ack(shared: &Shared, ids: &[SpoolId]) {
+/// Acks committed or dead-lettered registrations' spool records (a failure
+/// is counted and logged: the rows are settled, and the next start's replay
+/// skips them) and updates the `spool_depth` counter.
+async fn ack(spool: &Spool, stats: &MonitorStats, ids: &[SpoolId]) {
     if ids.is_empty() {
         return;
     }
-    if let Err(err) = shared.spool.ack(ids).await {
+    if let Err(err) = spool.ack(ids).await {
         // The rows are committed; at the next start the replay skips them.
-        shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+        stats.spool_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %err, "cannot ack spool records");
     }
-    shared
-        .stats
-        .spool_depth
-        .store(shared.spool.depth(), Ordering::Relaxed);
+    stats.spool_depth.store(spool.depth(), Ordering::Relaxed);
 }
 
-/// Publishes the counters on `monitor_stats` every `stats_interval`, and
-/// flushes the metadata feeds: OCS sends a recorded feed's buffer only when
-/// the next message comes, so the last value of a quiet stream would
-/// otherwise wait indefinitely.
-async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let Some(agent) = shared.agent.clone() else {
+/// Publishes the counters on `monitor_stats` every `interval`, and flushes
+/// the metadata feeds ([`Feeds::flush_metadata`]).
+async fn stats_stage(
+    feeds: Arc<Feeds>,
+    spool: Spool,
+    stats: Arc<MonitorStats>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    if !feeds.has_agent() {
         return;
-    };
-    let mut ticker = tokio::time::interval(shared.options.stats_interval);
+    }
+    let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let feeds: Vec<String> = shared
-            .metadata_feeds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        for feed in feeds {
-            if let Err(err) = agent.flush_feed(&feed) {
-                tracing::debug!(feed, error = %err, "cannot flush a metadata feed");
-            }
-        }
-        shared
-            .stats
-            .spool_depth
-            .store(shared.spool.depth(), Ordering::Relaxed);
-        let data: serde_json::Map<String, Value> = shared
-            .stats
+        feeds.flush_metadata();
+        stats.spool_depth.store(spool.depth(), Ordering::Relaxed);
+        let data: serde_json::Map<String, Value> = stats
             .snapshot()
             .into_iter()
             .map(|(k, v)| {
@@ -654,8 +522,7 @@ async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
                 )
             })
             .collect();
-        publish(
-            &shared,
+        feeds.publish(
             STATS_FEED,
             json!({"block_name": STATS_FEED, "timestamp": epoch_seconds(SystemTime::now()), "data": data}),
         );
@@ -664,7 +531,10 @@ async fn stats_stage(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use files_db::FilesDb;
+
+    use super::{Monitor, MonitorError, PipelineOptions};
+    use file_registration::Recorder;
 
     /// `site` and `instance_id` are `pysmurf_files_v1` columns of 32
     /// characters: a longer instance id refuses to start there, not on

@@ -3,11 +3,24 @@
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use smurf_protocol::MAX_DATAGRAM_LEN;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::journaling::Journaling;
-use super::*;
+use super::sinks::Refusals;
+use super::supervise::{panic_message, Supervisor};
+use super::{PipelineError, Received};
+use crate::guard::AllowList;
+use crate::stats::{MonitorStats, RejectReason};
 
 /// Most datagrams read with one system call (`recvmmsg`) and handed to the
 /// router at once. Batches form only when datagrams are already queued in
@@ -21,115 +34,157 @@ const DATAGRAM_BUFFER: usize = 65_536;
 /// How long a receive waits before looking at the stop token again.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
-/// Starts the receiver on a dedicated OS thread that does blocking batch
-/// receives (`recvmmsg`, up to [`RECEIVE_BATCH`] datagrams a call), so
-/// that draining the socket never waits for a worker thread busy parsing,
-/// spooling or hashing, and costs one system call per batch: during a
-/// burst the datagrams move from the kernel's buffer into the router's
-/// channel as fast as they arrive. The thread ends when `shutdown` is
-/// cancelled (within [`STOP_POLL`]) or the router is gone; dropping its
-/// sender then closes the router's input. A failing socket or a panic on
-/// the thread fails the pipeline ([`Shared::fail`]).
-pub(super) fn start_receiver(
-    shared: Arc<Shared>,
-    socket: UdpSocket,
-    to_router: mpsc::Sender<Vec<Received>>,
-    mut journaling: Journaling,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    crate::fault::receiver_start()?;
-    // Leaves the caller's reactor: this thread blocks on the socket.
-    let socket = socket.into_std()?;
-    socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(STOP_POLL))?;
-    std::thread::Builder::new()
-        .name("udp-receiver".into())
-        .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                receive(&shared, &socket, &to_router, &mut journaling, &shutdown)
-            }));
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => shared.fail(PipelineError::Socket(err)),
-                Err(panic) => shared.fail(PipelineError::Panicked {
-                    stage: "receiver",
-                    message: panic_message(panic.as_ref()),
-                }),
-            }
-        })?;
-    Ok(())
+/// What the receiver touches: the allow-list, the counters it bumps, the
+/// refusals it reports, the receive journal it writes, and the supervisor
+/// it reports its end to.
+pub(super) struct Receiver {
+    /// Senders heard (empty: everyone).
+    pub(super) allow_from: AllowList,
+    pub(super) stats: Arc<MonitorStats>,
+    pub(super) refusals: Arc<Refusals>,
+    pub(super) journaling: Journaling,
+    pub(super) supervisor: Arc<Supervisor>,
 }
 
-/// Drains the socket into the router's channel, a batch of what is queued
-/// per system call, each batch written to the receive journal first; never
-/// parses, never waits on anything but the socket, the journal's `write`
-/// and that channel. Ends with `Ok` at `shutdown` or when the router is
-/// gone, with the error when the socket fails.
-fn receive(
-    shared: &Shared,
-    socket: &std::net::UdpSocket,
-    to_router: &mpsc::Sender<Vec<Received>>,
-    journaling: &mut Journaling,
-    shutdown: &CancellationToken,
-) -> std::io::Result<()> {
-    let mut buffers = vec![0u8; DATAGRAM_BUFFER * RECEIVE_BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECEIVE_BATCH, None);
-    while !shutdown.is_cancelled() {
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-            .chunks_mut(DATAGRAM_BUFFER)
-            .map(|buffer| [IoSliceMut::new(buffer)])
-            .collect();
-        let received = match recvmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            slices.iter_mut(),
-            // Blocks for the first datagram (up to STOP_POLL), then takes
-            // what is queued without waiting.
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(received) => received,
-            // STOP_POLL elapsed with nothing to read.
-            Err(Errno::EAGAIN) => continue,
-            Err(errno) if is_transient(errno) => {
-                // E.g. ICMP errors reported on the socket; nothing to lose.
-                tracing::debug!(error = %errno, "UDP receive error");
-                continue;
-            }
-            Err(errno) => return Err(errno.into()),
-        };
-        crate::fault::socket(shared.stats.datagrams_received.load(Ordering::Relaxed))?;
-        // One clock reading per batch: they all arrived by now.
-        let received_at = SystemTime::now();
-        let mut batch = Vec::with_capacity(RECEIVE_BATCH);
-        let mut count = 0;
-        for message in received {
-            count += 1;
-            let bytes = message.iovs().next().unwrap_or_default();
-            let Some(sender) = message.address.as_ref().and_then(socket_addr) else {
-                continue;
-            };
-            if let Some(datagram) = admit(shared, bytes, sender, received_at) {
-                batch.push(datagram);
-            }
-        }
-        shared
-            .stats
-            .datagrams_received
-            .fetch_add(count, Ordering::Relaxed);
-        if batch.is_empty() {
-            continue;
-        }
-        // On disk (page cache) before it is handed on: a kill -9 loses at
-        // most the batch being read.
-        journaling.write(shared, received_at, &mut batch);
-        shared.stats.unspooled_add(batch.len() as u64);
-        if to_router.blocking_send(batch).is_err() {
-            // The router is gone: its own failure is what stops the pipeline.
-            return Ok(());
-        }
+impl Receiver {
+    /// Starts the receiver on a dedicated OS thread that does blocking batch
+    /// receives (`recvmmsg`, up to [`RECEIVE_BATCH`] datagrams a call), so
+    /// that draining the socket never waits for a worker thread busy parsing,
+    /// spooling or hashing, and costs one system call per batch: during a
+    /// burst the datagrams move from the kernel's buffer into the router's
+    /// channel as fast as they arrive. The thread ends when `shutdown` is
+    /// cancelled (within [`STOP_POLL`]) or the router is gone; dropping its
+    /// sender then closes the router's input. A failing socket or a panic on
+    /// the thread fails the pipeline ([`Supervisor::fail`]).
+    pub(super) fn start(
+        mut self,
+        socket: UdpSocket,
+        to_router: mpsc::Sender<Vec<Received>>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        crate::fault::receiver_start()?;
+        // Leaves the caller's reactor: this thread blocks on the socket.
+        let socket = socket.into_std()?;
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(STOP_POLL))?;
+        std::thread::Builder::new()
+            .name("udp-receiver".into())
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.receive(&socket, &to_router, &shutdown)
+                }));
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => self.supervisor.fail(PipelineError::Socket(err)),
+                    Err(panic) => self.supervisor.fail(PipelineError::Panicked {
+                        stage: "receiver",
+                        message: panic_message(panic.as_ref()),
+                    }),
+                }
+            })?;
+        Ok(())
     }
-    Ok(())
+
+    /// Drains the socket into the router's channel, a batch of what is queued
+    /// per system call, each batch written to the receive journal first; never
+    /// parses, never waits on anything but the socket, the journal's `write`
+    /// and that channel. Ends with `Ok` at `shutdown` or when the router is
+    /// gone, with the error when the socket fails.
+    fn receive(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        to_router: &mpsc::Sender<Vec<Received>>,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut buffers = vec![0u8; DATAGRAM_BUFFER * RECEIVE_BATCH];
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECEIVE_BATCH, None);
+        while !shutdown.is_cancelled() {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+                .chunks_mut(DATAGRAM_BUFFER)
+                .map(|buffer| [IoSliceMut::new(buffer)])
+                .collect();
+            let received = match recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                // Blocks for the first datagram (up to STOP_POLL), then takes
+                // what is queued without waiting.
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(received) => received,
+                // STOP_POLL elapsed with nothing to read.
+                Err(Errno::EAGAIN) => continue,
+                Err(errno) if is_transient(errno) => {
+                    // E.g. ICMP errors reported on the socket; nothing to lose.
+                    tracing::debug!(error = %errno, "UDP receive error");
+                    continue;
+                }
+                Err(errno) => return Err(errno.into()),
+            };
+            crate::fault::socket(self.stats.datagrams_received.load(Ordering::Relaxed))?;
+            // One clock reading per batch: they all arrived by now.
+            let received_at = SystemTime::now();
+            let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+            let mut count = 0;
+            for message in received {
+                count += 1;
+                let bytes = message.iovs().next().unwrap_or_default();
+                let Some(sender) = message.address.as_ref().and_then(socket_addr) else {
+                    continue;
+                };
+                if let Some(datagram) = self.admit(bytes, sender, received_at) {
+                    batch.push(datagram);
+                }
+            }
+            self.stats
+                .datagrams_received
+                .fetch_add(count, Ordering::Relaxed);
+            if batch.is_empty() {
+                continue;
+            }
+            // On disk (page cache) before it is handed on: a kill -9 loses at
+            // most the batch being read.
+            self.journaling.write(received_at, &mut batch);
+            self.stats.unspooled_add(batch.len() as u64);
+            if to_router.blocking_send(batch).is_err() {
+                // The router is gone: its own failure is what stops the pipeline.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a datagram if its sender is allowed and its size is (counting a
+    /// refusal).
+    fn admit(&self, bytes: &[u8], sender: SocketAddr, received_at: SystemTime) -> Option<Received> {
+        if !self.allow_from.allows(sender.ip()) {
+            self.refusals.refuse(
+                sender,
+                RejectReason::NotAllowed,
+                "sender not in --allow-from",
+            );
+            return None;
+        }
+        if bytes.len() > MAX_DATAGRAM_LEN {
+            self.refusals.refuse(
+                sender,
+                RejectReason::TooLarge,
+                &format!(
+                    "{} bytes, over the {MAX_DATAGRAM_LEN}-byte limit",
+                    bytes.len()
+                ),
+            );
+            return None;
+        }
+        Some(Received {
+            sender,
+            received_at,
+            bytes: Arc::from(bytes),
+            journal_seq: 0,
+            replayed: false,
+        })
+    }
 }
 
 /// The sender of a datagram (IPv4 or IPv6).
@@ -155,42 +210,4 @@ fn is_transient(errno: Errno) -> bool {
             | Errno::ENOBUFS
             | Errno::ETIMEDOUT
     )
-}
-
-/// Keeps a datagram if its sender is allowed and its size is (counting a
-/// refusal).
-fn admit(
-    shared: &Shared,
-    bytes: &[u8],
-    sender: SocketAddr,
-    received_at: SystemTime,
-) -> Option<Received> {
-    if !shared.options.allow_from.allows(sender.ip()) {
-        refuse(
-            shared,
-            sender,
-            RejectReason::NotAllowed,
-            "sender not in --allow-from",
-        );
-        return None;
-    }
-    if bytes.len() > MAX_DATAGRAM_LEN {
-        refuse(
-            shared,
-            sender,
-            RejectReason::TooLarge,
-            &format!(
-                "{} bytes, over the {MAX_DATAGRAM_LEN}-byte limit",
-                bytes.len()
-            ),
-        );
-        return None;
-    }
-    Some(Received {
-        sender,
-        received_at,
-        bytes: Arc::from(bytes),
-        journal_seq: 0,
-        replayed: false,
-    })
 }

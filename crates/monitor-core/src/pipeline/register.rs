@@ -8,8 +8,21 @@
 //! they are read back from the spool, in order, as slots free up. Replay
 //! at start-up is the same path: the spool starts as one long backlog.
 
-use super::*;
-use file_registration::HashError;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use file_registration::{file_row, registered_path, FileHasher, HashError, Recorder};
+use smurf_protocol::{Datagram, Message};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::sinks::{DeadLetterSink, Refusals};
+use super::supervise::Supervisor;
+use super::{ack, Hashed, Received, Registration, SPOOL_GROUP};
+use crate::spool::{Spool, SpoolCursor, SpoolId, SpooledRecord};
+use crate::stats::{MonitorStats, RejectReason};
 
 /// Registrations held in memory between the spool and the database.
 pub(super) const IN_MEMORY: usize = 4_096;
@@ -28,71 +41,86 @@ const READ_BACK_PAGE: usize = 512;
 /// paid once per chunk; several chunks still hash at once.
 const HASH_CHUNK: usize = 32;
 
-/// Appends registrations to the spool in groups (one transaction for all
-/// that are queued, without waiting for more) and starts their hashing
-/// while there are free slots; otherwise they wait in the spool, read back
-/// in order when slots free up.
-pub(super) async fn spool_stage(
-    shared: Arc<Shared>,
-    mut incoming: mpsc::Receiver<Registration>,
-    to_batch: mpsc::Sender<Hashed>,
-    tracker: TaskTracker,
-    drain: CancellationToken,
-) {
-    let hashing = Hashing {
-        shared: shared.clone(),
-        slots: Arc::new(Semaphore::new(IN_MEMORY)),
-        waiting: Arc::new(Semaphore::new(WAITING)),
-        to_batch,
-        tracker,
-        drain,
-    };
-    let left = shared.spool.depth();
-    if left > 0 {
-        tracing::info!(count = left, "replaying spooled registrations");
-    }
-    // Where reading back resumes (past the last record handed to hashing
-    // or skipped): `Some` while registrations wait in the spool only. At
-    // start-up, everything an earlier run left is waiting.
-    let mut behind = Some(SpoolCursor::START);
-    let mut group = Vec::with_capacity(SPOOL_GROUP);
-    loop {
-        tokio::select! {
-            received = incoming.recv_many(&mut group, SPOOL_GROUP) => {
-                // Closed: the receiver stopped. What is behind stays spooled.
-                if received == 0 {
-                    break;
-                }
-                crate::fault::stage_item("spooler");
-                crate::fault::stall("spooler").await;
-                let ids = append(&shared, &group).await;
-                shared.stats.unspooled_sub(group.len() as u64);
-                let mut ready = Vec::with_capacity(group.len());
-                for (registration, id) in group.drain(..).zip(ids) {
-                    match (id, &behind) {
-                        // Not durable, but not lost while the process lives.
-                        (None, _) => ready.push(registration),
-                        (Some(id), None) => match hashing.slots.clone().try_acquire_owned() {
-                            Ok(slot) => ready.push(Registration {
-                                spool_id: Some(id),
-                                slot: Some(slot),
-                                ..registration
-                            }),
-                            Err(_) => {
-                                behind = Some(SpoolCursor::from_id(id));
-                            }
-                        },
-                        // Safe in the spool; read back when its turn comes.
-                        (Some(_), Some(_)) => {}
+/// What the spool stage and its hashing tasks touch: the spool, the
+/// hasher, the recorder stamped on rows, the counters, refusals and dead
+/// letters of files that cannot be hashed, and the supervisor that runs the
+/// hashing tasks.
+pub(super) struct Spooler {
+    pub(super) spool: Spool,
+    pub(super) hasher: FileHasher,
+    pub(super) recorder: Recorder,
+    pub(super) stats: Arc<MonitorStats>,
+    pub(super) refusals: Arc<Refusals>,
+    pub(super) dead_letters: Arc<DeadLetterSink>,
+    pub(super) supervisor: Arc<Supervisor>,
+}
+
+impl Spooler {
+    /// Appends registrations to the spool in groups (one transaction for all
+    /// that are queued, without waiting for more) and starts their hashing
+    /// while there are free slots; otherwise they wait in the spool, read
+    /// back in order when slots free up.
+    pub(super) async fn run(
+        self,
+        mut incoming: mpsc::Receiver<Registration>,
+        to_batch: mpsc::Sender<Hashed>,
+        drain: CancellationToken,
+    ) {
+        let stage = Arc::new(self);
+        let hashing = Hashing {
+            stage: stage.clone(),
+            slots: Arc::new(Semaphore::new(IN_MEMORY)),
+            waiting: Arc::new(Semaphore::new(WAITING)),
+            to_batch,
+            drain,
+        };
+        let left = stage.spool.depth();
+        if left > 0 {
+            tracing::info!(count = left, "replaying spooled registrations");
+        }
+        // Where reading back resumes (past the last record handed to hashing
+        // or skipped): `Some` while registrations wait in the spool only. At
+        // start-up, everything an earlier run left is waiting.
+        let mut behind = Some(SpoolCursor::START);
+        let mut group = Vec::with_capacity(SPOOL_GROUP);
+        loop {
+            tokio::select! {
+                received = incoming.recv_many(&mut group, SPOOL_GROUP) => {
+                    // Closed: the receiver stopped. What is behind stays spooled.
+                    if received == 0 {
+                        break;
                     }
+                    crate::fault::stage_item("spooler");
+                    crate::fault::stall("spooler").await;
+                    let ids = stage.append(&group).await;
+                    stage.stats.unspooled_sub(group.len() as u64);
+                    let mut ready = Vec::with_capacity(group.len());
+                    for (registration, id) in group.drain(..).zip(ids) {
+                        match (id, &behind) {
+                            // Not durable, but not lost while the process lives.
+                            (None, _) => ready.push(registration),
+                            (Some(id), None) => match hashing.slots.clone().try_acquire_owned() {
+                                Ok(slot) => ready.push(Registration {
+                                    spool_id: Some(id),
+                                    slot: Some(slot),
+                                    ..registration
+                                }),
+                                Err(_) => {
+                                    behind = Some(SpoolCursor::from_id(id));
+                                }
+                            },
+                            // Safe in the spool; read back when its turn comes.
+                            (Some(_), Some(_)) => {}
+                        }
+                    }
+                    hashing.start(ready);
                 }
-                hashing.start(ready);
-            }
-            slot = hashing.slots.clone().acquire_owned(), if behind.is_some() => {
-                let Some(read_back) = behind.as_mut() else { continue };
-                let Ok(slot) = slot else { break };
-                if hashing.read_back(read_back, slot).await {
-                    behind = None;
+                slot = hashing.slots.clone().acquire_owned(), if behind.is_some() => {
+                    let Some(read_back) = behind.as_mut() else { continue };
+                    let Ok(slot) = slot else { break };
+                    if hashing.read_back(read_back, slot).await {
+                        behind = None;
+                    }
                 }
             }
         }
@@ -102,13 +130,12 @@ pub(super) async fn spool_stage(
 /// Hashes registrations and hands their rows to the batcher.
 #[derive(Clone)]
 struct Hashing {
-    shared: Arc<Shared>,
+    stage: Arc<Spooler>,
     /// One per registration held in memory past the spool.
     slots: Arc<Semaphore>,
     /// One per registration waiting for its file without a slot.
     waiting: Arc<Semaphore>,
     to_batch: mpsc::Sender<Hashed>,
-    tracker: TaskTracker,
     drain: CancellationToken,
 }
 
@@ -117,9 +144,7 @@ impl Hashing {
     fn start(&self, mut registrations: Vec<Registration>) {
         while !registrations.is_empty() {
             let rest = registrations.split_off(registrations.len().min(HASH_CHUNK));
-            supervise(
-                &self.tracker,
-                &self.shared,
+            self.stage.supervisor.spawn(
                 "hasher",
                 self.clone()
                     .hash_chunk(std::mem::replace(&mut registrations, rest)),
@@ -131,28 +156,28 @@ impl Hashing {
     /// slot each (`slot` and as many more as are free). Returns true when
     /// nothing is left behind in the spool.
     async fn read_back(&self, from: &mut SpoolCursor, slot: OwnedSemaphorePermit) -> bool {
-        let shared = &self.shared;
+        let stage = &*self.stage;
         // This task is the only one taking slots: those free now stay free.
         let limit = (1 + self.slots.available_permits()).min(READ_BACK_PAGE);
-        let page = match shared.spool.read_page(*from, limit).await {
+        let page = match stage.spool.read_page(*from, limit).await {
             Ok(page) => page,
             Err(err) => {
-                shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                stage.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %err, "cannot read registrations back from the spool; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return false;
             }
         };
-        let first_new = shared.spool.first_id_of_this_run();
+        let first_new = stage.spool.first_id_of_this_run();
         let mut slot = Some(slot);
         let mut ready = Vec::with_capacity(page.records.len());
         for record in page.records {
             let replayed = record.id < first_new;
-            let Some(registration) = registration_from(shared, record, replayed).await else {
+            let Some(registration) = stage.registration_from(record, replayed).await else {
                 continue;
             };
             if replayed {
-                shared.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
+                stage.stats.files_accepted.fetch_add(1, Ordering::Relaxed);
             }
             let slot = match slot.take() {
                 Some(slot) => slot,
@@ -175,7 +200,7 @@ impl Hashing {
     /// file is not there yet go on waiting for it, each on its own.
     async fn hash_chunk(self, registrations: Vec<Registration>) {
         crate::fault::stage_item("hasher");
-        let stats = &self.shared.stats;
+        let stats = &self.stage.stats;
         stats
             .pending_md5
             .fetch_add(registrations.len() as u64, Ordering::Relaxed);
@@ -184,7 +209,7 @@ impl Hashing {
             .map(|r| PathBuf::from(registered_path(&r.file)))
             .collect();
         let results = tokio::select! {
-            results = self.shared.hasher.md5_many_if_present(paths) => results,
+            results = self.stage.hasher.md5_many_if_present(paths) => results,
             _ = self.drain.cancelled() => {
                 stats.pending_md5.fetch_sub(registrations.len() as u64, Ordering::Relaxed);
                 return;
@@ -193,12 +218,9 @@ impl Hashing {
         for (registration, result) in registrations.into_iter().zip(results) {
             match result {
                 Ok(None) => {
-                    supervise(
-                        &self.tracker,
-                        &self.shared,
-                        "hasher",
-                        self.clone().wait_for_file(registration),
-                    );
+                    self.stage
+                        .supervisor
+                        .spawn("hasher", self.clone().wait_for_file(registration));
                 }
                 Ok(Some(md5)) => self.finish(registration, Ok(md5)).await,
                 Err(err) => self.finish(registration, Err(err)).await,
@@ -221,9 +243,9 @@ impl Hashing {
             }
         };
         let result = tokio::select! {
-            result = self.shared.hasher.md5_waiting(&path, give_slot_back) => result,
+            result = self.stage.hasher.md5_waiting(&path, give_slot_back) => result,
             _ = self.drain.cancelled() => {
-                self.shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
+                self.stage.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -233,34 +255,37 @@ impl Hashing {
     /// Hands a hashed registration's row to the batcher, or dead-letters
     /// (and acks) one whose file could not be hashed.
     async fn finish(&self, registration: Registration, md5: Result<[u8; 16], HashError>) {
-        let shared = &self.shared;
-        shared.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
+        let stage = &*self.stage;
+        stage.stats.pending_md5.fetch_sub(1, Ordering::Relaxed);
         match md5 {
             Ok(md5) => {
                 let mut row = file_row(
                     &registration.envelope,
                     &registration.file,
-                    &shared.recorder,
+                    &stage.recorder,
                     md5,
                 );
                 // Stable across a replay: the spool keeps the receive time.
                 row.registered_at = Some(registration.received.received_at.into());
-                shared.stats.pending_insert.fetch_add(1, Ordering::Relaxed);
+                stage.stats.pending_insert.fetch_add(1, Ordering::Relaxed);
                 let _ = self.to_batch.send(Hashed { row, registration }).await;
             }
             Err(err) => {
                 if matches!(err, HashError::OutsideDataRoots { .. }) {
-                    refuse(
-                        shared,
+                    stage.refusals.refuse(
                         registration.received.sender,
                         RejectReason::PathRefused,
                         &err.to_string(),
                     );
                 }
                 let reason = ocs_feed::error_with_causes(&err);
-                if dead_letter(shared, &registration.received, reason).await {
+                if stage
+                    .dead_letters
+                    .write(&registration.received, reason)
+                    .await
+                {
                     if let Some(id) = registration.spool_id {
-                        ack(shared, &[id]).await;
+                        ack(&stage.spool, &stage.stats, &[id]).await;
                     }
                 }
             }
@@ -268,81 +293,82 @@ impl Hashing {
     }
 }
 
-/// Appends `group` to the spool in one transaction, raising the receive
-/// journal's mark to their highest sequence number (the router hands them
-/// on in order, so every datagram read before is spooled or was routed
-/// elsewhere): their ids, or `None`s if the spool failed (counted and
-/// logged).
-async fn append(shared: &Shared, group: &[Registration]) -> Vec<Option<SpoolId>> {
-    let records = group
-        .iter()
-        .map(|r| {
-            (
-                r.received.sender,
-                r.received.received_at,
-                r.received.bytes.clone(),
-            )
-        })
-        .collect();
-    let covers = group
-        .iter()
-        .map(|r| r.received.journal_seq)
-        .max()
-        .unwrap_or(0);
-    let ids = match shared.spool.append_covering(records, covers).await {
-        Ok(ids) => ids.into_iter().map(Some).collect(),
-        Err(err) => {
-            shared.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %err, count = group.len(), "cannot spool registrations; continuing without");
-            vec![None; group.len()]
-        }
-    };
-    shared
-        .stats
-        .spool_depth
-        .store(shared.spool.depth(), Ordering::Relaxed);
-    ids
-}
+impl Spooler {
+    /// Appends `group` to the spool in one transaction, raising the receive
+    /// journal's mark to their highest sequence number (the router hands them
+    /// on in order, so every datagram read before is spooled or was routed
+    /// elsewhere): their ids, or `None`s if the spool failed (counted and
+    /// logged).
+    async fn append(&self, group: &[Registration]) -> Vec<Option<SpoolId>> {
+        let records = group
+            .iter()
+            .map(|r| {
+                (
+                    r.received.sender,
+                    r.received.received_at,
+                    r.received.bytes.clone(),
+                )
+            })
+            .collect();
+        let covers = group
+            .iter()
+            .map(|r| r.received.journal_seq)
+            .max()
+            .unwrap_or(0);
+        let ids = match self.spool.append_covering(records, covers).await {
+            Ok(ids) => ids.into_iter().map(Some).collect(),
+            Err(err) => {
+                self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, count = group.len(), "cannot spool registrations; continuing without");
+                vec![None; group.len()]
+            }
+        };
+        self.stats
+            .spool_depth
+            .store(self.spool.depth(), Ordering::Relaxed);
+        ids
+    }
 
-/// A spooled record back to a registration; a record that is not one (it
-/// can only have been corrupted on disk) is dead-lettered and acked.
-async fn registration_from(
-    shared: &Shared,
-    record: SpooledRecord,
-    replayed: bool,
-) -> Option<Registration> {
-    let received = Received {
-        sender: record.sender,
-        received_at: record.received_at,
-        bytes: record.datagram,
-        // Spooled already: the journal's mark covers it.
-        journal_seq: 0,
-        replayed: false,
-    };
-    let parsed = Datagram::parse(&received.bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            let envelope = d.envelope().clone();
-            match d.into_message() {
-                Message::DataFile(file) | Message::G3File(file) => Ok((envelope, file)),
-                other => Err(format!("a {} datagram is not a registration", other.kind())),
+    /// A spooled record back to a registration; a record that is not one (it
+    /// can only have been corrupted on disk) is dead-lettered and acked.
+    async fn registration_from(
+        &self,
+        record: SpooledRecord,
+        replayed: bool,
+    ) -> Option<Registration> {
+        let received = Received {
+            sender: record.sender,
+            received_at: record.received_at,
+            bytes: record.datagram,
+            // Spooled already: the journal's mark covers it.
+            journal_seq: 0,
+            replayed: false,
+        };
+        let parsed = Datagram::parse(&received.bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                let envelope = d.envelope().clone();
+                match d.into_message() {
+                    Message::DataFile(file) | Message::G3File(file) => Ok((envelope, file)),
+                    other => Err(format!("a {} datagram is not a registration", other.kind())),
+                }
+            });
+        match parsed {
+            Ok((envelope, file)) => Some(Registration {
+                spool_id: Some(record.id),
+                received,
+                envelope,
+                file,
+                replayed,
+                slot: None,
+            }),
+            Err(reason) => {
+                let reason = format!("spooled record {}: {reason}", record.id);
+                if self.dead_letters.write(&received, reason).await {
+                    ack(&self.spool, &self.stats, &[record.id]).await;
+                }
+                None
             }
-        });
-    match parsed {
-        Ok((envelope, file)) => Some(Registration {
-            spool_id: Some(record.id),
-            received,
-            envelope,
-            file,
-            replayed,
-            slot: None,
-        }),
-        Err(reason) => {
-            let reason = format!("spooled record {}: {reason}", record.id);
-            if dead_letter(shared, &received, reason).await {
-                ack(shared, &[record.id]).await;
-            }
-            None
         }
     }
 }
