@@ -15,7 +15,7 @@
 
 use file_registration::Recorder;
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, Monitor, PipelineOptions};
+use monitor_core::{bind_udp, Monitor, OpsConfig, PipelineOptions};
 use ocs_feed::{Agent, OpOptions, SiteConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -39,15 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = FilesDb::connect_lazy(&DbTarget::sqlite("embedded_files.db")).await?;
     db.create_table().await?;
     let recorder = Recorder::this_program(&site.address_root, &site.instance_id);
-    let monitor = Monitor::new(
-        db,
-        Some(agent.clone()),
-        recorder,
-        "embedded_spool".into(),
-        PipelineOptions::default(),
-    )
-    .await?;
-    monitor.register_ops(&agent, true)?;
+    let monitor = Monitor::builder(db, recorder, "embedded_spool")
+        .options(PipelineOptions::default())
+        .ocs_agent(&agent, OpsConfig::default())
+        .build()
+        .await?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn({

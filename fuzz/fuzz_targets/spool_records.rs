@@ -226,7 +226,7 @@ async fn run(mut input: Input) {
                 sender: stored_sender(sender),
                 datagram: datagram.into(),
             };
-            (i64::try_from(id.0).expect("ids fit in i64"), record)
+            (i64::try_from(id.get()).expect("ids fit in i64"), record)
         })
         .collect();
 
@@ -287,7 +287,7 @@ async fn run(mut input: Input) {
     match append(&spool, vec![record.clone()]).await {
         Ok(new) => {
             assert_eq!(new.len(), 1);
-            let new_id = i64::try_from(new[0].0).expect("new id fits in i64");
+            let new_id = i64::try_from(new[0].get()).expect("new id fits in i64");
             assert!(new_id > max_id, "new id {new_id} not above {max_id}");
             let again = read_all(&spool).await.expect("read after append");
             let last = again.last().expect("the new record is pending");
@@ -306,7 +306,7 @@ async fn run(mut input: Input) {
         .map(|record| record.id)
         .chain(
             rows.iter()
-                .filter_map(|row| u64::try_from(row.id).ok().map(SpoolId)),
+                .filter_map(|row| u64::try_from(row.id).ok().map(SpoolId::new)),
         )
         .collect();
     ack(&spool, &all).await.expect("ack");
@@ -515,7 +515,7 @@ fn expected_record(row: &RawRow) -> Option<SpooledRecord> {
         _ => return None,
     };
     Some(SpooledRecord {
-        id: SpoolId(id),
+        id: SpoolId::new(id),
         received_at: time_from_nanos(nanos),
         sender,
         datagram: datagram.into(),

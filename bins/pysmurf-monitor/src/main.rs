@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use file_registration::{Recorder, WaitPolicy};
 use files_db::{DbTarget, FilesDb};
-use monitor_core::{bind_udp, IpNet, Monitor, PipelineOptions};
+use monitor_core::{bind_udp, IpNet, Monitor, OpsConfig, PipelineOptions};
 use ocs_feed::{Agent, HasSiteArgs, SiteArgs, SiteConfig, SiteError};
 use tokio_util::sync::CancellationToken;
 
@@ -276,16 +276,16 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
 
     let agent = Agent::new(AGENT_CLASS, site.clone());
     let recorder = Recorder::this_program(&site.address_root, &site.instance_id);
-    let monitor = Monitor::new(
-        db,
-        Some(agent.clone()),
-        recorder,
-        spool_dir.clone(),
-        options,
-    )
-    .await
-    .with_context(|| format!("cannot start the pipeline (spool {})", spool_dir.display()))?;
-    monitor.register_ops_test_mode(&agent, args.create_table, args.test_mode)?;
+    let ops = OpsConfig {
+        create_table: args.create_table,
+        test_mode: args.test_mode,
+    };
+    let monitor = Monitor::builder(db, recorder, spool_dir.clone())
+        .options(options)
+        .ocs_agent(&agent, ops)
+        .build()
+        .await
+        .with_context(|| format!("cannot start the pipeline (spool {})", spool_dir.display()))?;
     tracing::info!(udp = %socket.local_addr()?, spool = %spool_dir.display(), "receiving");
 
     let shutdown = CancellationToken::new();

@@ -182,7 +182,7 @@ pub struct DbStatus {
     pub target: String,
     /// The backend.
     pub backend: Backend,
-    /// The version this build writes ([`SCHEMA_VERSION`]).
+    /// The version this build writes (1: `pysmurf_files_v1`).
     pub current_version: u32,
     /// Every `pysmurf_files_v<N>` table present, lowest version first.
     pub tables: Vec<TableStatus>,
@@ -821,13 +821,7 @@ fn describe_insert(table: &str, rows: &[FileRow]) -> String {
 /// connection keeps (a 1000-row insert is megabytes in SQLite); cut this way,
 /// only `log2(max_rows) + 2` sizes are ever prepared, whatever sizes the
 /// batches have.
-///
-/// ```
-/// let rows = vec![(); 2345];
-/// let sizes: Vec<usize> = files_db::statement_chunks(&rows, 1000).map(<[()]>::len).collect();
-/// assert_eq!(sizes, [1000, 1000, 256, 64, 16, 8, 1]);
-/// ```
-pub fn statement_chunks<T>(items: &[T], max_rows: usize) -> impl Iterator<Item = &[T]> {
+pub(crate) fn statement_chunks<T>(items: &[T], max_rows: usize) -> impl Iterator<Item = &[T]> {
     let max_rows = max_rows.max(1);
     let mut rest = items;
     std::iter::from_fn(move || {
@@ -894,6 +888,7 @@ mod tests {
                 .collect()
         };
         assert!(sizes(0).is_empty());
+        assert_eq!(sizes(2345), [1000, 1000, 256, 64, 16, 8, 1]);
         let mut distinct = HashSet::new();
         for n in 0..3000 {
             let chunks = sizes(n);

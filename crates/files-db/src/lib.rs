@@ -51,10 +51,10 @@ mod target;
 pub mod testing;
 
 pub use db::{
-    statement_chunks, ColumnInfo, CreateOutcome, DbStatus, DropOutcome, FileFilter, FilesDb,
-    InsertSummary, TableStatus,
+    ColumnInfo, CreateOutcome, DbStatus, DropOutcome, FileFilter, FilesDb, InsertSummary,
+    TableStatus,
 };
 pub use error::{ConfigError, DbError, FailureKind};
 pub use row::{FileRow, StoredFile};
-pub use schema::{max_chars, table_name, COLUMNS, SCHEMA_VERSION, TABLE_PREFIX};
-pub use target::{Backend, DbTarget, DEFAULT_DATABASE, MYSQL_ENV_VARS};
+pub use schema::{max_chars, COLUMNS};
+pub use target::{Backend, DbTarget, MYSQL_ENV_VARS};

@@ -4,10 +4,10 @@ use crate::target::Backend;
 
 /// The table version this build writes: rows go to
 /// `pysmurf_files_v{SCHEMA_VERSION}`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// Every table version is named `{TABLE_PREFIX}{version}`.
-pub const TABLE_PREFIX: &str = "pysmurf_files_v";
+pub(crate) const TABLE_PREFIX: &str = "pysmurf_files_v";
 
 /// The columns of the current version, in table order. The archiver and
 /// other tools read them by these names.
@@ -52,7 +52,7 @@ pub fn max_chars(column: &str) -> Option<usize> {
 /// ```
 /// assert_eq!(files_db::table_name(files_db::SCHEMA_VERSION), "pysmurf_files_v1");
 /// ```
-pub fn table_name(version: u32) -> String {
+pub(crate) fn table_name(version: u32) -> String {
     format!("{TABLE_PREFIX}{version}")
 }
 

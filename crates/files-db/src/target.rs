@@ -10,7 +10,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use crate::error::ConfigError;
 
 /// Database name used when `MYSQL_DATABASE` is not set, as in socs.
-pub const DEFAULT_DATABASE: &str = "files";
+pub(crate) const DEFAULT_DATABASE: &str = "files";
 
 /// The environment variables that select MariaDB, as in the seed's
 /// docker-compose entry. Setting any one of them selects MariaDB.

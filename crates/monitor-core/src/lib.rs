@@ -7,15 +7,15 @@
 //! file registration: its row, the md5 of its file, the dead-letter line
 //! (`file-registration`).
 //!
-//! The pipeline ([`Monitor`]): receiver → router → [`Spool`] →
+//! The pipeline ([`Monitor`]): receiver → router → spool →
 //! [`FileHasher`](file_registration::FileHasher)
 //! → batcher → [`files_db::FilesDb`], with `session_data`/`session_log`
 //! datagrams relayed unchanged on [`SESSION_FEED`] and streamer metadata on
 //! `<stream-id>_meta`. A registration is durable in the spool before anything
 //! else happens to it and leaves it only once its row is committed or it is
 //! written to the [`DeadLetters`] file with the reason. Counters are in
-//! [`MonitorStats`]; [`Monitor::register_ops`] adds the OCS `init` task and
-//! `run` process to an agent.
+//! [`MonitorStats`]; [`MonitorBuilder::ocs_agent`] adds the OCS `init` task
+//! and `run` process to an agent.
 //!
 //! Embedding it in another agent:
 //!
@@ -23,7 +23,7 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use files_db::{DbTarget, FilesDb};
 //! use file_registration::Recorder;
-//! use monitor_core::{bind_udp, Monitor, PipelineOptions};
+//! use monitor_core::{bind_udp, Monitor, OpsConfig, PipelineOptions};
 //! use ocs_feed::{Agent, SiteConfig};
 //! use tokio_util::sync::CancellationToken;
 //!
@@ -32,8 +32,11 @@
 //! let db = FilesDb::connect_lazy(&DbTarget::sqlite("pysmurf_files.db")).await?;
 //! db.create_table().await?;
 //! let recorder = Recorder::this_program("observatory", "my-monitor");
-//! let monitor = Monitor::new(db, Some(agent.clone()), recorder, "spool".into(), PipelineOptions::default()).await?;
-//! monitor.register_ops(&agent, true)?;
+//! let monitor = Monitor::builder(db, recorder, "spool")
+//!     .options(PipelineOptions::default())
+//!     .ocs_agent(&agent, OpsConfig::default())
+//!     .build()
+//!     .await?;
 //!
 //! let shutdown = CancellationToken::new();
 //! tokio::spawn({ let (agent, shutdown) = (agent.clone(), shutdown.clone()); async move { agent.run(shutdown).await } });
@@ -55,9 +58,11 @@ mod stats;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
 pub use guard::{AllowList, IpNet, IpNetParseError};
 pub use pipeline::{
-    Monitor, MonitorError, PipelineError, PipelineOptions, DEGRADED_SPOOL_DEPTH, SESSION_FEED,
+    Monitor, MonitorBuilder, MonitorError, OpsConfig, PipelineError, PipelineOptions, SESSION_FEED,
     STATS_FEED,
 };
-pub use socket::{bind_udp, RECEIVE_BUFFER_BYTES};
-pub use spool::{Spool, SpoolCursor, SpoolError, SpoolId, SpoolPage, SpooledRecord};
+pub use socket::bind_udp;
+pub use spool::SpoolError;
+#[cfg(feature = "fuzzing")]
+pub use spool::{Spool, SpoolId, SpooledRecord};
 pub use stats::{MonitorStats, RejectReason};

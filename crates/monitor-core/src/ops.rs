@@ -8,7 +8,7 @@ use files_db::{CreateOutcome, FilesDb};
 use ocs_feed::{Agent, AgentError, OpError, OpOptions, Param, ParamType, Params};
 use serde_json::{json, Value};
 
-use crate::pipeline::DEGRADED_SPOOL_DEPTH;
+use crate::pipeline::{OpsConfig, DEGRADED_SPOOL_DEPTH};
 use crate::stats::MonitorStats;
 
 /// How often the `run` session's data is refreshed.
@@ -25,10 +25,10 @@ pub(crate) fn register(
     db: FilesDb,
     stats: Arc<MonitorStats>,
     agent: &Agent,
-    create_table_default: bool,
-    test_mode: bool,
+    ops: OpsConfig,
     pending: Pending,
 ) -> Result<(), AgentError> {
+    let create_table_default = ops.create_table;
     agent.register_task(
         "init",
         OpOptions::new()
@@ -89,7 +89,7 @@ pub(crate) fn register(
     // As socs 0.6.4's `@ocs_agent.param('test_mode', default=False, type=bool)`.
     let run_options = run_options.param(Param::new("test_mode").default(false).ty(ParamType::Bool));
     // socs's --test-mode: `run` is not started at startup.
-    let run_options = if test_mode {
+    let run_options = if ops.test_mode {
         run_options
     } else {
         run_options.startup(json!({}))

@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 /// which a process with `CAP_NET_ADMIN` (e.g. root) may, and logs a warning
 /// when it may not: raise `net.core.rmem_max`
 /// (`sysctl -w net.core.rmem_max=33554432`) for the full size.
-pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
+pub(crate) const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
 
 /// Binds the monitor's UDP socket on `addr` with a large receive buffer.
 /// An IPv6 wildcard address (`[::]`) also receives IPv4 datagrams.

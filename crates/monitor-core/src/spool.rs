@@ -54,7 +54,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use files_db::statement_chunks;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode, SqliteRow,
     SqliteSynchronous,
@@ -111,8 +110,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Most rows per multi-row `INSERT` (4 parameters each, far below SQLite's
 /// limit of 32766). A batch of n rows is n / 256 statements of 256 rows and
 /// the rest in decreasing powers of two, so only 9 distinct statements are
-/// ever prepared (each is memory kept by the connection).
+/// ever prepared (each is memory kept by the connection): [`insert_chunks`].
 const MAX_INSERT_ROWS: usize = 256;
+const _: () = assert!(MAX_INSERT_ROWS.is_power_of_two());
 
 /// Prepared statements each connection keeps: every `INSERT` size, plus the
 /// few other statements.
@@ -130,11 +130,27 @@ const READ_AFTER: &str = "SELECT id, received_at_ns, sender, datagram FROM spool
     WHERE id > ? ORDER BY id LIMIT ?";
 
 /// Rows read per query by [`Spool::pending`].
+#[cfg(any(test, feature = "fuzzing"))]
 const PENDING_PAGE: usize = 1024;
 
-/// A record's place in the spool: monotonic, never reused.
+/// A record's place in the spool: monotonic, never reused. Only the spool
+/// hands them out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SpoolId(pub u64);
+pub struct SpoolId(u64);
+
+#[cfg(feature = "fuzzing")]
+impl SpoolId {
+    /// The id of the spool table's row `id` (the fuzz target names rows it
+    /// edited behind the spool's back).
+    pub fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The spool table's row id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Display for SpoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -284,24 +300,6 @@ pub enum SpoolError {
 /// The durable queue of accepted file registrations (see the
 /// module documentation for its guarantees). Cheap to clone; clones
 /// share one file and one writer task.
-///
-/// ```
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use std::time::SystemTime;
-/// use monitor_core::Spool;
-///
-/// let dir = tempfile::tempdir().unwrap();
-/// let spool = Spool::open(dir.path()).await.unwrap();
-/// let sender = "127.0.0.1:4000".parse().unwrap();
-/// let id = spool.append(sender, SystemTime::now(), b"{...}".to_vec()).await.unwrap();
-/// assert_eq!(spool.depth(), 1);
-///
-/// // ... md5, insert the row, commit ...
-/// spool.ack(&[id]).await.unwrap();
-/// assert!(spool.pending().await.unwrap().is_empty());
-/// spool.close().await;
-/// # });
-/// ```
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
@@ -416,17 +414,13 @@ impl Spool {
         })
     }
 
-    /// The spool file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Stores one record and returns its id once it is committed.
     ///
     /// Dropping the returned future after it started does not withdraw the
     /// record: it may still be stored (and then comes back from
     /// [`read_page`](Self::read_page) at the next start), but its id is lost to
     /// the caller.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub async fn append(
         &self,
         sender: SocketAddr,
@@ -447,6 +441,7 @@ impl Spool {
     /// their ids, consecutive and in the order given. Same cancellation
     /// caveat as [`append`](Self::append). The datagrams are shared, not
     /// copied.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub async fn append_many(
         &self,
         records: Vec<(SocketAddr, SystemTime, Arc<[u8]>)>,
@@ -533,6 +528,7 @@ impl Spool {
     /// of [`read_page`](Self::read_page) at once, so the whole answer is
     /// in memory (at most the spool's size on disk). For tools and tests;
     /// the pipeline pages.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub async fn pending(&self) -> Result<Vec<SpooledRecord>, SpoolError> {
         let mut records = Vec::new();
         let mut from = SpoolCursor::START;
@@ -564,6 +560,7 @@ impl Spool {
     /// Distinct corrupt records that the reads have skipped
     /// since this spool was opened (a record skipped by two calls counts
     /// once).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn corrupt_records_skipped(&self) -> u64 {
         self.inner.counters.corrupt_skipped.load(Ordering::Relaxed)
     }
@@ -984,7 +981,7 @@ impl Writer {
         // One statement is a transaction of its own: one round trip to
         // SQLite's thread instead of three (begin, statement, commit), which
         // is most of the cost of the small batches of a low rate.
-        let statements = statement_chunks(&rows, MAX_INSERT_ROWS).count()
+        let statements = insert_chunks(&rows).count()
             + usize::from(!acked.is_empty())
             + usize::from(raise.is_some());
         if statements <= 1 {
@@ -999,7 +996,7 @@ impl Writer {
         }
         let mut tx = conn.begin().await?;
         let mut id = first_id;
-        for chunk in statement_chunks(&rows, MAX_INSERT_ROWS) {
+        for chunk in insert_chunks(&rows) {
             insert(&mut tx, &mut self.insert_sql, chunk, id).await?;
             id += chunk.len() as i64;
         }
@@ -1171,6 +1168,20 @@ pub(crate) fn time_from_nanos(nanos: i64) -> Option<SystemTime> {
     }
 }
 
+/// `rows` cut into multi-row `INSERT`s: slices of [`MAX_INSERT_ROWS`] and
+/// the rest in decreasing powers of two, so that few distinct statements
+/// are ever prepared. (The spool's own cut: `files-db` cuts its inserts the
+/// same way but keeps that helper to itself.)
+fn insert_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = MAX_INSERT_ROWS.min(1 << rest.len().checked_ilog2()?);
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1199,6 +1210,24 @@ mod tests {
     async fn pending_ids(spool: &Spool) -> Vec<u64> {
         let records = spool.pending().await.expect("read pending");
         records.iter().map(|r| r.id.0).collect()
+    }
+
+    #[test]
+    fn inserts_are_cut_in_few_sizes() {
+        let sizes = |n: usize| {
+            insert_chunks(&vec![0u8; n])
+                .map(<[u8]>::len)
+                .collect::<Vec<_>>()
+        };
+        assert!(sizes(0).is_empty());
+        assert_eq!(sizes(600), [256, 256, 64, 16, 8]);
+        let mut distinct = HashSet::new();
+        for n in 0..1200 {
+            let chunks = sizes(n);
+            assert_eq!(chunks.iter().sum::<usize>(), n);
+            distinct.extend(chunks);
+        }
+        assert_eq!(distinct.len(), 9, "{distinct:?}");
     }
 
     #[tokio::test]

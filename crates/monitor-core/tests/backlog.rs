@@ -31,7 +31,9 @@ impl Running {
     /// A monitor writing to `db`, spooling under `dir/spool`.
     async fn start(dir: &Path, db: &FilesDb, options: PipelineOptions) -> Running {
         let recorder = Recorder::this_program("test", "backlog");
-        let monitor = Monitor::new(db.clone(), None, recorder, dir.join("spool"), options)
+        let monitor = Monitor::builder(db.clone(), recorder, dir.join("spool"))
+            .options(options)
+            .build()
             .await
             .unwrap();
         let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();

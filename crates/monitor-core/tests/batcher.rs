@@ -52,7 +52,9 @@ impl Running {
             db.create_table().await.unwrap();
         }
         let recorder = Recorder::this_program("test", "batcher");
-        let monitor = Monitor::new(db, None, recorder, dir.join("spool"), options)
+        let monitor = Monitor::builder(db, recorder, dir.join("spool"))
+            .options(options)
+            .build()
             .await
             .unwrap();
         let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -47,7 +47,9 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let recorder = Recorder::this_program("test", "dead-letters");
-    let monitor = Monitor::new(db.clone(), None, recorder, spool.to_owned(), options())
+    let monitor = Monitor::builder(db.clone(), recorder, spool)
+        .options(options())
+        .build()
         .await
         .unwrap();
     let stats = monitor.stats();

@@ -8,10 +8,10 @@
 //! - the two tables socs 0.6.4 (SQLAlchemy 2) creates, with exactly its DDL
 //!   ([`SUPERSYNC_DDL`], [`TIMECODE_DIRS_DDL`]), created if missing, and
 //!   journal mode WAL as socs sets it;
-//! - per registration, the row socs writes ([`SuprsyncFile::from_row`]:
+//! - per registration, the row socs writes (`SuprsyncFile::from_row`:
 //!   `local_path`, hex `local_md5sum`, `archive_name` (default `smurf`),
 //!   `remote_path` ([`remote_path`]), `timestamp` (registration time,
-//!   float seconds), `deletable` ([`is_deletable`]), `failed_copy_attempts`
+//!   float seconds), `deletable` (`is_deletable`), `failed_copy_attempts`
 //!   0, `ignore` false, the other columns `NULL`), and a `timecode_dirs_v0`
 //!   row for every new (timecode, archive) as SupRsync's own `add_file`
 //!   makes it (socs's monitor does not: socs#562);
@@ -21,7 +21,7 @@
 //!   re-registered with changed content is a new row, as in socs);
 //! - sharing the file with SupRsync, which writes it from another process:
 //!   every write is one short `BEGIN IMMEDIATE` transaction (at most
-//!   1,000 rows, milliseconds), waiting at most [`BUSY_TIMEOUT`] for the
+//!   1,000 rows, milliseconds), waiting at most 5 s for the
 //!   write lock. A lock not obtained in time ("database is locked",
 //!   `SQLITE_BUSY`) is [`FailureKind::Unreachable`](crate::FailureKind):
 //!   the caller retries the same rows later, and since the transaction
@@ -36,21 +36,19 @@
 mod mapping;
 pub(crate) mod store;
 
-pub use mapping::{
-    is_deletable, remote_path, timecode, SuprsyncFile, UnknownArchive, SMURF_ARCHIVE,
-    TIMESTREAMS_ARCHIVE,
-};
+pub(crate) use mapping::SuprsyncFile;
+pub use mapping::{remote_path, timecode, UnknownArchive, SMURF_ARCHIVE, TIMESTREAMS_ARCHIVE};
 pub use store::SuprsyncStoredFile;
 
 /// SupRsync's files table.
-pub const SUPERSYNC_TABLE: &str = "supersync_v0";
+pub(crate) const SUPERSYNC_TABLE: &str = "supersync_v0";
 
 /// SupRsync's timecode-directory table.
-pub const TIMECODE_DIRS_TABLE: &str = "timecode_dirs_v0";
+pub(crate) const TIMECODE_DIRS_TABLE: &str = "timecode_dirs_v0";
 
 /// How long a write waits for SupRsync to release the database's write lock
 /// before it counts as "database is locked" and is retried later.
-pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `supersync_v0` exactly as socs 0.6.4's SQLAlchemy creates it (the text
 /// `sqlite_master` holds).

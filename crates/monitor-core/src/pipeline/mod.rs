@@ -72,7 +72,7 @@ const TO_BATCH_CAPACITY: usize = 4_096;
 
 /// Spool depth above which the `run` session reports `degraded`: the
 /// database is not keeping up.
-pub const DEGRADED_SPOOL_DEPTH: u64 = 10_000;
+pub(crate) const DEGRADED_SPOOL_DEPTH: u64 = 10_000;
 
 /// Longest wait between retries of a database that answers but fails the
 /// writes (access denied, a missing table, ...).
@@ -143,6 +143,9 @@ pub enum MonitorError {
     /// A feed could not be registered on the agent.
     #[error("cannot register feed")]
     Feed(#[from] ocs_feed::FeedError),
+    /// The `init` and `run` operations could not be registered on the agent.
+    #[error("cannot register the monitor's OCS operations")]
+    Ops(#[source] ocs_feed::AgentError),
     /// A [`Recorder`] value does not fit its column: every row would be
     /// refused by the database.
     #[error("{column} {value:?} is longer than the {max} characters its column holds")]
@@ -180,8 +183,8 @@ pub enum PipelineError {
 
 /// The pysmurf monitor pipeline, ready to run on a socket.
 ///
-/// Build it with [`Monitor::new`], run it with [`Monitor::run`]; read its
-/// counters through [`Monitor::stats`] while it runs.
+/// Build it with [`Monitor::builder`], run it with [`Monitor::run`]; read
+/// its counters through [`Monitor::stats`] while it runs.
 pub struct Monitor {
     db: FilesDb,
     recorder: Recorder,
@@ -234,18 +237,79 @@ struct Hashed {
     registration: Registration,
 }
 
-impl Monitor {
-    /// A monitor writing to `db`, spooling under `spool_dir` (dead letters
-    /// go to `spool_dir/dead_letters.jsonl`), stamping rows with `recorder`,
-    /// and publishing feeds on `agent` when given (registering
-    /// `pysmurf_session_data` and `monitor_stats` on it).
-    pub async fn new(
-        db: FilesDb,
-        agent: Option<Agent>,
-        recorder: Recorder,
-        spool_dir: PathBuf,
-        options: PipelineOptions,
-    ) -> Result<Self, MonitorError> {
+/// How the monitor's OCS operations start on its agent
+/// ([`MonitorBuilder::ocs_agent`]). `Default`: as socs starts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// The default of the `init` task's `create_table` param, and what
+    /// `init` runs with when it starts at the first join (default true:
+    /// the table is created if missing).
+    pub create_table: bool,
+    /// socs 0.6's `--test-mode`: `run` is not started at the first join
+    /// (default false). Either way `run` takes socs's `test_mode` param:
+    /// with it true, `run` returns once every registration received so far
+    /// is committed or dead-lettered (and the database is up).
+    pub test_mode: bool,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            create_table: true,
+            test_mode: false,
+        }
+    }
+}
+
+/// What a [`Monitor`] is built from: [`Monitor::builder`], then
+/// [`options`](MonitorBuilder::options) and
+/// [`ocs_agent`](MonitorBuilder::ocs_agent) as needed, then
+/// [`build`](MonitorBuilder::build).
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct MonitorBuilder {
+    db: FilesDb,
+    recorder: Recorder,
+    spool_dir: PathBuf,
+    options: PipelineOptions,
+    agent: Option<(Agent, OpsConfig)>,
+}
+
+impl MonitorBuilder {
+    /// Tunes the pipeline (default: [`PipelineOptions::default`]).
+    pub fn options(mut self, options: PipelineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Publishes on `agent` and adds the monitor's operations to it:
+    /// `build` registers the feeds `pysmurf_session_data` ([`SESSION_FEED`])
+    /// and `monitor_stats` ([`STATS_FEED`]), the `init` task (creates the
+    /// table when its `create_table` param is true) and the `run` process
+    /// (shows the counters in its session data every second and sets
+    /// `degraded` while the database fails, the spool holds more than
+    /// 10,000 registrations, or the pipeline failed).
+    /// Without an agent the monitor records files and publishes nothing.
+    ///
+    /// The pipeline itself runs from [`Monitor::run`] whether or not the
+    /// router is reachable: stopping `run` stops its reports, never the
+    /// recording of files.
+    pub fn ocs_agent(mut self, agent: &Agent, ops: OpsConfig) -> Self {
+        self.agent = Some((agent.clone(), ops));
+        self
+    }
+
+    /// Checks the recorder against the table's columns, opens the spool
+    /// (`spool_dir/spool.db`) and the dead-letter file's writer
+    /// (`spool_dir/dead_letters.jsonl`), and registers the feeds and
+    /// operations on the agent, if one was given.
+    pub async fn build(self) -> Result<Monitor, MonitorError> {
+        let MonitorBuilder {
+            db,
+            recorder,
+            spool_dir,
+            options,
+            agent,
+        } = self;
         // SupRsync's table has no such columns: only pysmurf_files_v1 limits them.
         let checked = if db.target().is_suprsync() {
             Vec::new()
@@ -270,7 +334,7 @@ impl Monitor {
         let hasher = FileHasher::new(options.hash_concurrency, options.wait_policy)
             .with_data_roots(&options.data_roots)
             .map_err(MonitorError::DataRoot)?;
-        if let Some(agent) = &agent {
+        if let Some((agent, _)) = &agent {
             agent.register_feed(SESSION_FEED, FeedOptions::default())?;
             agent.register_feed(STATS_FEED, FeedOptions::recorded(json!({}), 0.0))?;
         }
@@ -280,7 +344,19 @@ impl Monitor {
         let stats = Arc::new(MonitorStats::default());
         // Up until an operation says otherwise: `run` must not start degraded.
         stats.set_database_error(None);
-        Ok(Self {
+        if let Some((agent, ops)) = &agent {
+            let pending = {
+                let (spool, stats) = (spool.clone(), stats.clone());
+                Arc::new(move || {
+                    spool.depth()
+                        + stats.pending_md5.load(Ordering::Relaxed)
+                        + stats.pending_insert.load(Ordering::Relaxed)
+                })
+            };
+            crate::ops::register(db.clone(), stats.clone(), agent, *ops, pending)
+                .map_err(MonitorError::Ops)?;
+        }
+        Ok(Monitor {
             db,
             recorder,
             spool,
@@ -289,66 +365,47 @@ impl Monitor {
             options,
             refusals: Arc::new(Refusals::new(stats.clone())),
             dead_letters: Arc::new(DeadLetterSink::new(dead_letters, stats.clone())),
-            feeds: Arc::new(Feeds::new(agent, stats.clone())),
+            feeds: Arc::new(Feeds::new(agent.map(|(agent, _)| agent), stats.clone())),
             supervisor: Arc::new(Supervisor::new(stats.clone())),
             stats,
         })
+    }
+}
+
+impl Monitor {
+    /// A monitor writing to `db`, stamping rows with `recorder` and spooling
+    /// under `spool_dir`, to finish with [`MonitorBuilder`]:
+    ///
+    /// ```no_run
+    /// # async fn example(db: files_db::FilesDb, agent: ocs_feed::Agent) -> Result<(), monitor_core::MonitorError> {
+    /// use file_registration::Recorder;
+    /// use monitor_core::{Monitor, OpsConfig, PipelineOptions};
+    ///
+    /// let recorder = Recorder::this_program("observatory", "pysmurf-monitor");
+    /// let monitor = Monitor::builder(db, recorder, "spool")
+    ///     .options(PipelineOptions::default())
+    ///     .ocs_agent(&agent, OpsConfig::default())
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(
+        db: FilesDb,
+        recorder: Recorder,
+        spool_dir: impl Into<PathBuf>,
+    ) -> MonitorBuilder {
+        MonitorBuilder {
+            db,
+            recorder,
+            spool_dir: spool_dir.into(),
+            options: PipelineOptions::default(),
+            agent: None,
+        }
     }
 
     /// The live counters.
     pub fn stats(&self) -> Arc<MonitorStats> {
         self.stats.clone()
-    }
-
-    /// The database the monitor writes to.
-    pub fn database(&self) -> &FilesDb {
-        &self.db
-    }
-
-    /// Registers the monitor's OCS operations on `agent`: the `init` task
-    /// (creates the table when its `create_table` param is true; started at
-    /// the first join with `create_table` = `create_table_default`) and the
-    /// `run` process (started at the first join; shows the counters in its
-    /// session data every second and sets `degraded` while the database
-    /// fails or the spool holds more than [`DEGRADED_SPOOL_DEPTH`]
-    /// registrations).
-    ///
-    /// The pipeline itself runs from [`Monitor::run`] whether or not the
-    /// router is reachable: stopping `run` stops its reports, never the
-    /// recording of files.
-    pub fn register_ops(
-        &self,
-        agent: &Agent,
-        create_table_default: bool,
-    ) -> Result<(), ocs_feed::AgentError> {
-        self.register_ops_test_mode(agent, create_table_default, false)
-    }
-
-    /// [`Monitor::register_ops`] with socs 0.6's `--test-mode`: when
-    /// `test_mode` is true, `run` is not started at startup. Either way
-    /// `run` takes socs's `test_mode` param: with it true, `run` returns
-    /// once every registration received so far is committed or
-    /// dead-lettered (and the database is up).
-    pub fn register_ops_test_mode(
-        &self,
-        agent: &Agent,
-        create_table_default: bool,
-        test_mode: bool,
-    ) -> Result<(), ocs_feed::AgentError> {
-        let (spool, stats) = (self.spool.clone(), self.stats.clone());
-        let pending = Arc::new(move || {
-            spool.depth()
-                + stats.pending_md5.load(Ordering::Relaxed)
-                + stats.pending_insert.load(Ordering::Relaxed)
-        });
-        crate::ops::register(
-            self.db.clone(),
-            self.stats.clone(),
-            agent,
-            create_table_default,
-            test_mode,
-            pending,
-        )
     }
 
     /// Runs until `shutdown` is cancelled: replays the spool, then receives
@@ -533,7 +590,7 @@ async fn stats_stage(
 mod tests {
     use files_db::FilesDb;
 
-    use super::{Monitor, MonitorError, PipelineOptions};
+    use super::{Monitor, MonitorError};
     use file_registration::Recorder;
 
     /// `site` and `instance_id` are `pysmurf_files_v1` columns of 32
@@ -544,13 +601,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recorder = Recorder::this_program("observatory", "x".repeat(40));
         let start = |db: FilesDb, spool: &str| {
-            Monitor::new(
-                db,
-                None,
-                recorder.clone(),
-                dir.path().join(spool),
-                PipelineOptions::default(),
-            )
+            Monitor::builder(db, recorder.clone(), dir.path().join(spool)).build()
         };
         let v1 = files_db::DbTarget::sqlite(dir.path().join("files.db"));
         let v1 = FilesDb::connect(&v1).await.unwrap();
