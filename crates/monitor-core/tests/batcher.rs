@@ -1,6 +1,7 @@
 //! The batcher's timing on tokio's paused clock, in process on SQLite (no
-//! router): the batch delay, the retry back-off, reject bisection, and
-//! draining at shutdown (with the spool read back at the next start).
+//! router): the batch delay, the retry back-off, the probe of an unreachable
+//! database, reject bisection, and draining at shutdown (with the spool read
+//! back at the next start).
 //!
 //! The clock is paused after the set-up, and a blocking task held for the
 //! whole test keeps tokio from advancing the paused clock on its own while
@@ -18,6 +19,7 @@ use file_registration::Recorder;
 use files_db::{DbTarget, FilesDb};
 use monitor_core::{bind_udp, Monitor, MonitorStats, PipelineOptions};
 use smurf_protocol::{FilePayload, Publisher, PublisherConfig};
+use sqlx::{Connection, SqliteConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -239,6 +241,117 @@ async fn a_failing_database_is_retried_with_doubling_back_off() {
         })
         .await;
     monitor.stop().await;
+}
+
+/// A database that cannot be reached (here: SQLite busy, another connection
+/// holding the write lock) is probed after 250 ms and the rows retried the
+/// moment the probe answers: with the lock released right after the
+/// failure, the rows land 250 ms later, not after the 1 s, 2 s, ... back-off
+/// of other failures.
+///
+/// The rows of the first attempt (the table missing) are uncertain, so their
+/// retries go through the de-duplicating insert, whose read-then-write
+/// transaction SQLite fails at once ("database is locked") instead of
+/// waiting out its busy timeout.
+#[tokio::test]
+async fn an_unreachable_database_is_retried_when_the_probe_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = PipelineOptions {
+        batch_rows: 1,
+        ..PipelineOptions::default()
+    };
+    let mut monitor = Running::start(dir.path(), false, options).await;
+    let paths = files(dir.path(), "f", 1);
+    monitor.register(&paths[0]);
+    monitor
+        .settle("the first attempt failed", CREEP, |m| {
+            !m.stats.database_up()
+        })
+        .await;
+    let lock = WriteLock::take(dir.path().join("files.db")).await;
+
+    // The back-off's retry, 1 s later, finds the database locked.
+    monitor
+        .settle("the retry found the database locked", CREEP, |m| {
+            last_database_error(m).contains("cannot reach the database")
+        })
+        .await;
+    let unreachable = tokio::time::Instant::now();
+    lock.release().await;
+    monitor
+        .settle("the rows committed once the probe answered", CREEP, |m| {
+            m.stats.files_registered() == 1
+        })
+        .await;
+    let waited = unreachable.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(400),
+        "committed {waited:?} after the database was found unreachable, not at the 250 ms probe"
+    );
+    assert!(monitor.stats.database_up());
+    monitor.stop().await;
+}
+
+/// The database error the `run` session shows.
+fn last_database_error(monitor: &Running) -> String {
+    monitor.stats.session_data()["last_database_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The table created and SQLite's write lock held by a connection of the
+/// test's own, on a thread and runtime of its own (not the paused clock's).
+struct WriteLock {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriteLock {
+    /// Creates the table in the database at `path`, then takes its write
+    /// lock (`BEGIN IMMEDIATE`); returns once both are done.
+    async fn take(path: PathBuf) -> WriteLock {
+        let (locked_tx, locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut conn = runtime.block_on(async {
+                let db = FilesDb::connect(&DbTarget::sqlite(&path)).await.unwrap();
+                db.create_table().await.unwrap();
+                db.close().await;
+                let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn
+            });
+            locked_tx.send(()).unwrap();
+            let _ = released.recv();
+            runtime.block_on(async {
+                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            });
+        });
+        // Waits in real time: the paused clock stands still meanwhile.
+        tokio::task::spawn_blocking(move || locked.recv().unwrap())
+            .await
+            .unwrap();
+        WriteLock { release, thread }
+    }
+
+    /// Releases the lock; returns once it is released.
+    async fn release(self) {
+        self.release.send(()).unwrap();
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap())
+            .await
+            .unwrap();
+    }
 }
 
 /// Creates the table from a runtime of its own, whose clock is not paused
