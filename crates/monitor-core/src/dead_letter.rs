@@ -57,13 +57,15 @@ impl DeadLetters {
     }
 
     /// The file's path.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends `letter` as one line, written to the OS before returning.
-    /// Blocking file I/O: async code goes through the pipeline's writer
-    /// thread instead.
+    /// Blocking file I/O: the pipeline goes through [`DeadLetterWriter`]
+    /// instead; the tests use it.
+    #[cfg(test)]
     pub fn record(&self, letter: &DeadLetter<'_>) -> Result<(), DeadLetterError> {
         self.append(&line_of(letter))?;
         log_moved(&self.path, &letter.reason);

@@ -13,7 +13,8 @@
 //! datagrams relayed unchanged on [`SESSION_FEED`] and streamer metadata on
 //! `<stream-id>_meta`. A registration is durable in the spool before anything
 //! else happens to it and leaves it only once its row is committed or it is
-//! written to the [`DeadLetters`] file with the reason. Counters are in
+//! written to the dead-letter file (`dead_letters.jsonl` in the spool
+//! directory) with the reason. Counters are in
 //! [`MonitorStats`]; [`MonitorBuilder::ocs_agent`] adds the OCS `init` task
 //! and `run` process to an agent.
 //!
@@ -55,7 +56,6 @@ mod socket;
 mod spool;
 mod stats;
 
-pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters};
 pub use guard::{AllowList, IpNet, IpNetParseError};
 pub use pipeline::{
     Monitor, MonitorBuilder, MonitorError, OpsConfig, PipelineError, PipelineOptions, SESSION_FEED,
