@@ -19,6 +19,7 @@ use file_registration::{Recorder, WaitPolicy};
 use files_db::{DbTarget, FilesDb};
 use monitor_core::{bind_udp, IpNet, Monitor, OpsConfig, PipelineOptions};
 use ocs_feed::{Agent, HasSiteArgs, SiteArgs, SiteConfig, SiteError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 const AGENT_CLASS: &str = "PysmurfMonitor";
@@ -286,11 +287,15 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
         .build()
         .await
         .with_context(|| format!("cannot start the pipeline (spool {})", spool_dir.display()))?;
-    tracing::info!(udp = %socket.local_addr()?, spool = %spool_dir.display(), "receiving");
-
+    // The handlers are in place before the line below, which tells a supervisor (or a test)
+    // that the monitor is up: a SIGTERM sent at once must stop it cleanly, not kill it.
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    tokio::spawn(log_counters_on_sigusr1(monitor.stats()));
+    let term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let usr1 = signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
+    tokio::spawn(cancel_on_signal(term, int, shutdown.clone()));
+    tokio::spawn(log_counters_on_sigusr1(usr1, monitor.stats()));
+    tracing::info!(udp = %socket.local_addr()?, spool = %spool_dir.display(), "receiving");
     let agent_task = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -315,12 +320,10 @@ async fn run(args: Args, site: SiteConfig) -> Result<()> {
 
 /// SIGUSR1 logs every counter (`counters={...}`, as the final log line
 /// does): the numbers of `run`'s session data, without a router.
-async fn log_counters_on_sigusr1(stats: std::sync::Arc<monitor_core::MonitorStats>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        tracing::error!("cannot install the SIGUSR1 handler");
-        return;
-    };
+async fn log_counters_on_sigusr1(
+    mut usr1: Signal,
+    stats: std::sync::Arc<monitor_core::MonitorStats>,
+) {
     while usr1.recv().await.is_some() {
         let counters = serde_json::Value::Object(stats.snapshot());
         tracing::info!(%counters, "SIGUSR1: counters");
@@ -328,15 +331,7 @@ async fn log_counters_on_sigusr1(stats: std::sync::Arc<monitor_core::MonitorStat
 }
 
 /// SIGINT or SIGTERM cancels `shutdown` (the pipeline then drains and exits 0).
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn cancel_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

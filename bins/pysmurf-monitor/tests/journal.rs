@@ -71,15 +71,42 @@ async fn datagrams_read_but_not_spooled_survive_kill_9() {
     wait_for_rows(&db, BURST as u64, Duration::from_secs(120)).await;
     let paths: Vec<_> = (0..BURST).map(|i| numbered(work.path(), i)).collect();
     assert_exactly_once(&db, &paths).await;
-    let (code, counters, log) = restarted.terminate_with_log();
+    let (code, counters, _) = restarted.terminate_with_log();
     assert_eq!(code, 0);
-    assert!(
-        log.iter().any(|l| l.contains("receive journal replayed")
-            && l.contains(&format!("count={}", BURST + GARBAGE))),
-        "the restart replayed the journal"
-    );
     assert_eq!(counters["files_accepted"], BURST, "{counters}");
     assert_eq!(counters["rejected_malformed"], 0, "{counters}");
     assert_eq!(counters["spool_depth"], 0, "{counters}");
+    db.close().await;
+}
+
+/// Datagrams still in the kernel's socket buffer when the monitor is told to
+/// stop (the receiver is held back with the fault `stall-in=receiver`, so all
+/// of them wait there) are read at the stop and recorded, not dropped with
+/// the socket: SIGTERM, exit 0, and after a restart each registration is in
+/// the database exactly once.
+#[tokio::test]
+async fn datagrams_queued_in_the_kernel_at_a_stop_are_recorded() {
+    const QUEUED: usize = 300;
+    let work = tempfile::tempdir().unwrap();
+    let held = MonitorProcess::start(
+        work.path(),
+        &[("PYSMURF_MONITOR_FAULT", "stall-in=receiver".to_owned())],
+        &[],
+    );
+    let mut publisher = held.publisher();
+    register_numbered(&mut publisher, work.path(), 0..QUEUED);
+    let queue = held.socket_queue();
+    assert!(queue.rx_queue_bytes > 0, "unread: {queue:?}");
+    assert_eq!(queue.drops, 0, "{queue:?}");
+    assert_eq!(held.terminate(), 0);
+
+    let restarted = MonitorProcess::start(work.path(), &[], &[]);
+    let db = FilesDb::connect(&DbTarget::sqlite(work.path().join("pysmurf_files.db")))
+        .await
+        .unwrap();
+    wait_for_rows(&db, QUEUED as u64, Duration::from_secs(60)).await;
+    let paths: Vec<_> = (0..QUEUED).map(|i| numbered(work.path(), i)).collect();
+    assert_exactly_once(&db, &paths).await;
+    assert_eq!(restarted.terminate(), 0);
     db.close().await;
 }

@@ -10,7 +10,9 @@
 //! - `panic-in=STAGE@N`: STAGE (`router`, `spooler`, `hasher` or `batcher`)
 //!   panics on its N-th item (N ≥ 1);
 //! - `stall-in=STAGE`: STAGE (`spooler`) stops at its first item and never
-//!   goes on (what is read piles up in front of it until a `kill -9`).
+//!   goes on (what is read piles up in front of it until a `kill -9`);
+//!   `stall-in=receiver`: the receiver reads nothing until the pipeline
+//!   stops (datagrams wait in the kernel's socket buffer).
 
 /// The receiver may start (`Err` when `receiver-start` is injected).
 pub(crate) fn receiver_start() -> std::io::Result<()> {
@@ -54,6 +56,16 @@ pub(crate) async fn stall(_stage: &'static str) {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// True when `stall-in=STAGE` names `_stage`: for a stage on a thread of its
+/// own, which then waits for the pipeline to stop instead of working.
+pub(crate) fn stalled(_stage: &'static str) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if let Some(imp::Fault::StallIn(stage)) = imp::fault() {
+        return stage == _stage;
+    }
+    false
 }
 
 #[cfg(feature = "fault-injection")]

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
@@ -33,6 +33,10 @@ const DATAGRAM_BUFFER: usize = 65_536;
 
 /// How long a receive waits before looking at the stop token again.
 const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Longest the receiver goes on reading what the kernel holds once the
+/// pipeline stops (a sender that never pauses must not hold the exit up).
+const FINAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the receiver touches: the allow-list, the counters it bumps, the
 /// refusals it reports, the receive journal it writes, and the supervisor
@@ -88,8 +92,9 @@ impl Receiver {
     /// Drains the socket into the router's channel, a batch of what is queued
     /// per system call, each batch written to the receive journal first; never
     /// parses, never waits on anything but the socket, the journal's `write`
-    /// and that channel. Ends with `Ok` at `shutdown` or when the router is
-    /// gone, with the error when the socket fails.
+    /// and that channel. At `shutdown`, or when the router is gone, it reads
+    /// what the kernel still holds ([`Receiver::drain`]) and ends with `Ok`;
+    /// it ends with the error when the socket fails.
     fn receive(
         &mut self,
         socket: &std::net::UdpSocket,
@@ -98,61 +103,108 @@ impl Receiver {
     ) -> std::io::Result<()> {
         let mut buffers = vec![0u8; DATAGRAM_BUFFER * RECEIVE_BATCH];
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECEIVE_BATCH, None);
+        while crate::fault::stalled("receiver") && !shutdown.is_cancelled() {
+            std::thread::sleep(STOP_POLL);
+        }
         while !shutdown.is_cancelled() {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                .chunks_mut(DATAGRAM_BUFFER)
-                .map(|buffer| [IoSliceMut::new(buffer)])
-                .collect();
-            let received = match recvmmsg(
-                socket.as_raw_fd(),
-                &mut headers,
-                slices.iter_mut(),
-                // Blocks for the first datagram (up to STOP_POLL), then takes
-                // what is queued without waiting.
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(received) => received,
-                // STOP_POLL elapsed with nothing to read.
-                Err(Errno::EAGAIN) => continue,
-                Err(errno) if is_transient(errno) => {
-                    // E.g. ICMP errors reported on the socket; nothing to lose.
-                    tracing::debug!(error = %errno, "UDP receive error");
-                    continue;
-                }
-                Err(errno) => return Err(errno.into()),
+            // Blocks for the first datagram (up to STOP_POLL), then takes what
+            // is queued without waiting.
+            let flags = MsgFlags::MSG_WAITFORONE;
+            let Some(batch) = self.read_batch(socket, &mut buffers, &mut headers, flags)? else {
+                continue;
             };
-            crate::fault::socket(self.stats.datagrams_received.load(Ordering::Relaxed))?;
-            // One clock reading per batch: they all arrived by now.
-            let received_at = SystemTime::now();
-            let mut batch = Vec::with_capacity(RECEIVE_BATCH);
-            let mut count = 0;
-            for message in received {
-                count += 1;
-                let bytes = message.iovs().next().unwrap_or_default();
-                let Some(sender) = message.address.as_ref().and_then(socket_addr) else {
-                    continue;
-                };
-                if let Some(datagram) = self.admit(bytes, sender, received_at) {
-                    batch.push(datagram);
-                }
-            }
-            self.stats
-                .datagrams_received
-                .fetch_add(count, Ordering::Relaxed);
             if batch.is_empty() {
                 continue;
             }
-            // On disk (page cache) before it is handed on: a kill -9 loses at
-            // most the batch being read.
-            self.journaling.write(received_at, &mut batch);
             self.stats.unspooled_add(batch.len() as u64);
             if to_router.blocking_send(batch).is_err() {
                 // The router is gone: its own failure is what stops the pipeline.
-                return Ok(());
+                break;
+            }
+        }
+        self.drain(socket, &mut buffers, &mut headers, to_router)
+    }
+
+    /// At stop, reads what the kernel still holds for the socket (for at most
+    /// [`FINAL_DRAIN`]) into the journal, so that a restart replays it instead
+    /// of the datagrams vanishing with the socket. Batches go on to the router
+    /// while its channel has room (a graceful stop then records them now); from
+    /// the first that does not fit, the journal alone keeps them, in order.
+    fn drain(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        buffers: &mut [u8],
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        to_router: &mpsc::Sender<Vec<Received>>,
+    ) -> std::io::Result<()> {
+        let deadline = Instant::now() + FINAL_DRAIN;
+        let mut hand_on = true;
+        while Instant::now() < deadline {
+            let Some(batch) = self.read_batch(socket, buffers, headers, MsgFlags::MSG_DONTWAIT)?
+            else {
+                break;
+            };
+            if batch.is_empty() || !hand_on {
+                continue;
+            }
+            let count = batch.len() as u64;
+            match to_router.try_send(batch) {
+                Ok(()) => self.stats.unspooled_add(count),
+                Err(_) => hand_on = false,
             }
         }
         Ok(())
+    }
+
+    /// One `recvmmsg`: the admitted datagrams of the batch read, already in the
+    /// journal (empty when all were refused or the error was transient), or
+    /// `None` when nothing was queued.
+    fn read_batch(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        buffers: &mut [u8],
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        flags: MsgFlags,
+    ) -> std::io::Result<Option<Vec<Received>>> {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+            .chunks_mut(DATAGRAM_BUFFER)
+            .map(|buffer| [IoSliceMut::new(buffer)])
+            .collect();
+        let received = match recvmmsg(socket.as_raw_fd(), headers, slices.iter_mut(), flags, None) {
+            Ok(received) => received,
+            // Nothing queued (STOP_POLL elapsed, or a non-blocking read).
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(errno) if is_transient(errno) => {
+                // E.g. ICMP errors reported on the socket; nothing to lose.
+                tracing::debug!(error = %errno, "UDP receive error");
+                return Ok(Some(Vec::new()));
+            }
+            Err(errno) => return Err(errno.into()),
+        };
+        crate::fault::socket(self.stats.datagrams_received.load(Ordering::Relaxed))?;
+        // One clock reading per batch: they all arrived by now.
+        let received_at = SystemTime::now();
+        let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+        let mut count = 0;
+        for message in received {
+            count += 1;
+            let bytes = message.iovs().next().unwrap_or_default();
+            let Some(sender) = message.address.as_ref().and_then(socket_addr) else {
+                continue;
+            };
+            if let Some(datagram) = self.admit(bytes, sender, received_at) {
+                batch.push(datagram);
+            }
+        }
+        self.stats
+            .datagrams_received
+            .fetch_add(count, Ordering::Relaxed);
+        if !batch.is_empty() {
+            // On disk (page cache) before it is handed on: a kill -9 loses at
+            // most the batch being read.
+            self.journaling.write(received_at, &mut batch);
+        }
+        Ok(Some(batch))
     }
 
     /// Keeps a datagram if its sender is allowed and its size is (counting a
