@@ -52,10 +52,14 @@ pub const SESSION_FEED: &str = "pysmurf_session_data";
 pub const STATS_FEED: &str = "monitor_stats";
 
 /// Batches of received datagrams waiting for the router (at most
-/// 64 × 1024 = 65,536 datagrams, about 25 MB of typical ones). When full,
-/// the receiver stops reading and the kernel's socket buffer absorbs the
-/// burst.
-const RECEIVED_CAPACITY: usize = 65_536 / receive::RECEIVE_BATCH;
+/// 64 × 4096 = 262,144 datagrams, about 100 MB of typical ones, held only
+/// during a burst the spool is behind). Each is in the receive journal
+/// already, so a long queue costs memory, not safety; it is what lets a
+/// monitor without `CAP_NET_ADMIN`, whose socket buffer the kernel caps at
+/// `net.core.rmem_max` (a few thousand datagrams), take a 100k burst whole.
+/// When full, the receiver stops reading and the kernel's socket buffer
+/// absorbs the rest.
+const RECEIVED_CAPACITY: usize = 262_144 / receive::RECEIVE_BATCH;
 
 /// File datagrams waiting to be spooled: two spool transactions' worth.
 /// When full, the router waits; the received-datagram channel behind it
