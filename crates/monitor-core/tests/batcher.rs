@@ -288,7 +288,11 @@ async fn an_unreachable_database_is_retried_when_the_probe_answers() {
         waited >= Duration::from_millis(200) && waited < Duration::from_millis(400),
         "committed {waited:?} after the database was found unreachable, not at the 250 ms probe"
     );
-    assert!(monitor.stats.database_up());
+    monitor
+        .settle("the database shown up again", CREEP, |m| {
+            m.stats.database_up()
+        })
+        .await;
     monitor.stop().await;
 }
 
