@@ -48,10 +48,6 @@ pub fn max_chars(column: &str) -> Option<usize> {
 }
 
 /// The table name of `version`, e.g. `pysmurf_files_v1`.
-///
-/// ```
-/// assert_eq!(files_db::table_name(files_db::SCHEMA_VERSION), "pysmurf_files_v1");
-/// ```
 pub(crate) fn table_name(version: u32) -> String {
     format!("{TABLE_PREFIX}{version}")
 }
@@ -93,6 +89,11 @@ pub(crate) fn create_statements(backend: Backend) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_table_name_of_a_version() {
+        assert_eq!(table_name(SCHEMA_VERSION), "pysmurf_files_v1");
+    }
     use super::*;
 
     #[test]

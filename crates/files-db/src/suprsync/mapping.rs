@@ -57,23 +57,6 @@ impl SuprsyncFile {
     /// The row socs 0.6.4's `PysmurfMonitor` writes for the registration
     /// `row` (built from a datagram as for `pysmurf_files_v1`, with
     /// `archive_name` and `registered_at` set).
-    ///
-    /// ```
-    /// use files_db::FileRow;
-    /// use files_db::suprsync::SuprsyncFile;
-    ///
-    /// let mut row = FileRow::new("/data/smurf_data/1700000000/crate1slot2/1700000123_tune.npy", [0xab; 16]);
-    /// row.timestamp = chrono::DateTime::from_timestamp(1_700_000_123, 0);
-    /// row.action = Some("tune".into());
-    /// row.action_timestamp = Some(1_700_000_100);
-    /// row.plot = Some(false);
-    /// row.pub_id = Some("crate1slot2".into());
-    /// let file = SuprsyncFile::from_row(&row).unwrap();
-    /// assert_eq!(file.remote_path, "17000/crate1slot2/1700000100_tune/outputs/1700000123_tune.npy");
-    /// assert_eq!(file.archive_name, "smurf");
-    /// assert_eq!(file.local_md5sum, "ab".repeat(16));
-    /// assert!(!file.deletable); // "tune" is in the path
-    /// ```
     pub fn from_row(row: &FileRow) -> Result<Self, UnknownArchive> {
         let archive = row.archive_name.as_deref().unwrap_or(SMURF_ARCHIVE);
         let remote_path = remote_path(row, archive)?;
@@ -162,16 +145,6 @@ pub fn remote_path(row: &FileRow, archive: &str) -> Result<String, UnknownArchiv
 /// the registration; here it is registered, not deletable. Python's
 /// `isdigit` also accepts non-ASCII digits (`²`, `٣`); here only ASCII
 /// digits count, so such a file is kept rather than deleted.
-///
-/// ```
-/// use files_db::suprsync::is_deletable;
-///
-/// assert!(is_deletable("/data/smurf_data/1700000000/crate1slot2/outputs/x.dat", "smurf"));
-/// assert!(!is_deletable("/data/smurf_data/tune/1700000000_tune.npy", "smurf"));
-/// assert!(!is_deletable("/data/smurf_data/1700000000/p/1700000000_iv_info.npy", "smurf"));
-/// assert!(!is_deletable("/data/x.npy", "smurf"));
-/// assert!(is_deletable("/data/so/timestreams/17000/ufm/1700000000_000.g3", "timestreams"));
-/// ```
 pub fn is_deletable(local_path: &str, archive: &str) -> bool {
     if archive != SMURF_ARCHIVE {
         return true;
@@ -301,6 +274,48 @@ fn epoch_seconds(time: DateTime<Utc>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_row_becomes_the_file_socs_writes() {
+        let mut row = FileRow::new(
+            "/data/smurf_data/1700000000/crate1slot2/1700000123_tune.npy",
+            [0xab; 16],
+        );
+        row.timestamp = chrono::DateTime::from_timestamp(1_700_000_123, 0);
+        row.action = Some("tune".into());
+        row.action_timestamp = Some(1_700_000_100);
+        row.plot = Some(false);
+        row.pub_id = Some("crate1slot2".into());
+        let file = SuprsyncFile::from_row(&row).unwrap();
+        assert_eq!(
+            file.remote_path,
+            "17000/crate1slot2/1700000100_tune/outputs/1700000123_tune.npy"
+        );
+        assert_eq!(file.archive_name, "smurf");
+        assert_eq!(file.local_md5sum, "ab".repeat(16));
+        assert!(!file.deletable); // "tune" is in the path
+    }
+
+    #[test]
+    fn deletable_as_socs_decides() {
+        assert!(is_deletable(
+            "/data/smurf_data/1700000000/crate1slot2/outputs/x.dat",
+            "smurf"
+        ));
+        assert!(!is_deletable(
+            "/data/smurf_data/tune/1700000000_tune.npy",
+            "smurf"
+        ));
+        assert!(!is_deletable(
+            "/data/smurf_data/1700000000/p/1700000000_iv_info.npy",
+            "smurf"
+        ));
+        assert!(!is_deletable("/data/x.npy", "smurf"));
+        assert!(is_deletable(
+            "/data/so/timestreams/17000/ufm/1700000000_000.g3",
+            "timestreams"
+        ));
+    }
     use super::*;
 
     fn smurf_row(path: &str) -> FileRow {
