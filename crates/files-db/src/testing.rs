@@ -718,7 +718,9 @@ impl Drop for GaleraCluster {
 }
 
 /// Initialises a server's data directory `data` with `install_db`, logging
-/// to `<dir>/install.log`; the log when it fails.
+/// to `<dir>/install.log`, with its temporary files in `dir` (in a shared
+/// `/tmp`, two installs at once can remove each other's temporary tables);
+/// the log when it fails.
 fn install_data_dir(
     install_db: &std::path::Path,
     dir: &std::path::Path,
@@ -733,6 +735,7 @@ fn install_data_dir(
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
         .args(PRIVATE_SERVER_OPTIONS)
         .args(user)
+        .arg(format!("--tmpdir={}", dir.display()))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
