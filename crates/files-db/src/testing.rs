@@ -729,6 +729,17 @@ fn install_data_dir(
 ) -> Result<(), String> {
     let log_path = dir.join("install.log");
     let log = std::fs::File::create(&log_path).unwrap();
+    if let Some(user) = user {
+        // The install runs as that user: its temporary files go in `dir`.
+        let user = user.trim_start_matches("--user=");
+        let owned = std::process::Command::new("chown")
+            .arg(format!("{user}:"))
+            .arg(dir)
+            .status();
+        if !owned.is_ok_and(|s| s.success()) {
+            return Err(format!("cannot chown {} to {user}", dir.display()));
+        }
+    }
     let installed = std::process::Command::new(install_db)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
